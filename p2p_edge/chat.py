@@ -1,0 +1,102 @@
+"""The local chat REPL: one base model in llama.cpp, the personal adapter switchable on and off."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+HELP = "commands: /adapter on|off  /reset  /help  /quit   (Ctrl-C stops a reply, Ctrl-D quits)"
+CONTEXT_CHARS = 5000  # keep the conversation inside the model's context (2048 tokens)
+
+
+def _trim(messages: list[dict]) -> list[dict]:
+    """Drop the oldest turns (never the system prompt) until the conversation fits."""
+    system, turns = messages[:1], messages[1:]
+    while len(turns) > 1 and sum(len(m["content"]) for m in turns) > CONTEXT_CHARS:
+        turns = turns[2:] if len(turns) > 2 else turns[1:]
+    return system + turns
+
+
+def run_repl(*, adapter: Path | None, history: Path | None, base_model: Path | None, hypernet: Path | None,
+             max_tokens: int, temperature: float, system: str | None, threads: int | None,
+             stdin=None, stdout=None) -> None:
+    from .paths import PROMPTS_DIR
+    from .runtime import LocalLLM
+
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+
+    def say(s: str = "", end: str = "\n"):
+        stdout.write(s + end)
+        stdout.flush()
+
+    llm = LocalLLM(base_model, n_threads=threads)
+    if history is not None:
+        from .personalize import Client, check_hypernet_exists, user_dir, user_id_for
+
+        check_hypernet_exists(hypernet)
+        client = Client(hypernet_path=hypernet, llm=llm, threads=threads)
+        res = client.personalize(history, user_dir(user_id_for(history)))
+        adapter = res.adapter
+        say(f"personalized from {res.history.n_items} items -> {adapter}")
+    loaded = llm.load_adapter(adapter) if adapter is not None else None
+    llm.use(loaded)
+    state = "on" if loaded else "off (base model)"
+    say(f"p2p-edge chat · {llm.spec.name} · adapter {state}\n{HELP}")
+
+    system_prompt = system or (PROMPTS_DIR / "system.txt").read_text(encoding="utf-8").strip()
+    messages = [{"role": "system", "content": system_prompt}]
+    interactive = hasattr(stdin, "isatty") and stdin.isatty()
+    while True:
+        try:
+            if interactive:
+                line = input("you> ")
+            else:
+                say("you> ", end="")
+                line = stdin.readline()
+                if not line:
+                    raise EOFError
+        except EOFError:
+            say()
+            return
+        except KeyboardInterrupt:
+            say("\n(Ctrl-D or /quit to leave)")
+            continue
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            cmd, _, arg = line.partition(" ")
+            if cmd in ("/quit", "/exit"):
+                return
+            if cmd == "/help":
+                say(HELP)
+            elif cmd == "/reset":
+                messages = messages[:1]
+                llm.llm.reset()
+                say("(conversation cleared)")
+            elif cmd == "/adapter":
+                if arg not in ("on", "off"):
+                    say("usage: /adapter on|off")
+                elif arg == "on" and loaded is None:
+                    say("(no adapter loaded: start with --adapter or --history)")
+                else:
+                    llm.use(loaded if arg == "on" else None)
+                    say(f"(adapter {arg})")
+            else:
+                say(f"unknown command {cmd}; {HELP}")
+            continue
+        messages.append({"role": "user", "content": line})
+        messages = _trim(messages)
+        reply = []
+        say("bot> ", end="")
+        try:
+            for piece in llm.chat_stream(messages, max_tokens=max_tokens, temperature=temperature):
+                reply.append(piece)
+                say(piece, end="")
+        except KeyboardInterrupt:
+            say(" [stopped]", end="")
+        say()
+        messages.append({"role": "assistant", "content": "".join(reply)})
+
+

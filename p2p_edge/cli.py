@@ -1,0 +1,152 @@
+"""`p2p-edge` command line: personalize, chat, info (train / bench / forget live in their own modules).
+
+Errors print one line (`error: FILE:LINE: field 'x': ...`) and exit non-zero; --debug shows the traceback.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import P2PError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub from the client
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="On-device LLM personalization: your history -> a LoRA adapter for a local llama.cpp model.")
+
+_DEBUG = False
+
+
+def _fail(msg: str, code: int) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def friendly_errors(fn):
+    """One line per error, non-zero exit; a traceback only with --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except P2PError as e:
+            if _DEBUG:
+                raise
+            _fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130)
+        except Exception as e:  # a bug: say so in one line, keep the traceback for --debug
+            if _DEBUG:
+                raise
+            _fail(f"unexpected {type(e).__name__}: {e} (re-run with --debug for the traceback)", 1)
+
+    return wrapper
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")):
+    global _DEBUG
+    _DEBUG = debug
+
+
+@app.command()
+@friendly_errors
+def personalize(
+    history: Path = typer.Argument(..., help="History file (JSON Lines, one item per line; see README)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output dir [default: per-user dir in the data dir]."),
+    user: Optional[str] = typer.Option(None, "--user", help="User id for the default output dir [default: file name]."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a summary."),
+    summary: Optional[str] = typer.Option(None, "--summary", help="Use this summary (text, or a path to a text file)."),
+    no_summary: bool = typer.Option(False, "--no-summary", help="Profile from retrieved items only (no LLM summary)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=0, max=16, help="Items retrieved into the profile [default: hypernet card's, 2]."),
+    hypernet: Optional[Path] = typer.Option(None, "--hypernet", help="Hypernet ONNX (with its .json card) [default: shipped]."),
+    base_model: Optional[Path] = typer.Option(None, "--base-model", help="Base GGUF [default: bundled SmolLM2-135M-Instruct]."),
+    dtype: str = typer.Option("f16", "--dtype", help="Adapter tensor type: f16 or f32."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
+):
+    """Build a personal LoRA adapter (adapter.gguf) and profile (profile.json) from a history file."""
+    from .personalize import Client, check_hypernet_exists, read_summary_arg, user_dir, user_id_for
+
+    if summary is not None and no_summary:
+        raise P2PError("--summary and --no-summary exclude each other")
+    if dtype not in ("f16", "f32"):
+        raise P2PError(f"--dtype must be f16 or f32, not {dtype!r}")
+    given = read_summary_arg(summary) if summary is not None else None
+    check_hypernet_exists(hypernet)
+    out_dir = out or user_dir(user or user_id_for(history))
+    client = Client(hypernet_path=hypernet, base_model=base_model, threads=threads)
+    res = client.personalize(history, out_dir, summary=given, no_summary=no_summary, top_k=top_k, dtype=dtype)
+    t = {k: round(v, 2) for k, v in res.timings_ms.items()}
+    if as_json:
+        typer.echo(json.dumps({
+            "adapter": str(res.adapter), "profile": str(res.profile_path), "timings_ms": t,
+            "models_load_ms": round(client.load_ms, 1), "adapter_bytes": res.adapter_bytes,
+            "n_items": res.history.n_items, "summary_source": res.profile.summary_source,
+            "retrieved_ids": res.profile.retrieved_ids,
+        }))
+        return
+    from rich.console import Console
+
+    c = Console(highlight=False)
+    c.print(f"[bold]Personalized[/bold] from {res.history.n_items} items of {history}")
+    if res.profile.summary:
+        c.print(f"  summary ({res.profile.summary_source}): {res.profile.summary}")
+    c.print(f"  retrieved: {', '.join(res.profile.retrieved_ids) or '-'}")
+    c.print(f"  adapter:  {res.adapter} ({res.adapter_bytes / 1e6:.2f} MB)")
+    c.print(f"  profile:  {res.profile_path}")
+    c.print("  time (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()) + f"; models loaded once in {client.load_ms:.0f}")
+    c.print(f"Chat with it: p2p-edge chat --adapter {res.adapter}")
+
+
+@app.command()
+@friendly_errors
+def chat(
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="A personal adapter.gguf."),
+    history: Optional[Path] = typer.Option(None, "--history", help="Personalize from this history first, then chat."),
+    no_adapter: bool = typer.Option(False, "--no-adapter", help="Chat with the plain base model."),
+    base_model: Optional[Path] = typer.Option(None, "--base-model", help="Base GGUF [default: bundled SmolLM2]."),
+    hypernet: Optional[Path] = typer.Option(None, "--hypernet", help="Hypernet for --history."),
+    max_tokens: int = typer.Option(256, "--max-tokens", min=1),
+    temperature: float = typer.Option(0.7, "--temperature", min=0.0),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1),
+):
+    """Local chat REPL: /reset, /quit, /adapter on|off. Ctrl-C stops a reply; Ctrl-D quits."""
+    from .chat import run_repl
+
+    if sum(x is not None and x is not False for x in (adapter, history, no_adapter or None)) > 1:
+        raise P2PError("give at most one of --adapter, --history, --no-adapter")
+    run_repl(adapter=adapter, history=history, base_model=base_model, hypernet=hypernet,
+             max_tokens=max_tokens, temperature=temperature, system=system, threads=threads)
+
+
+@app.command()
+@friendly_errors
+def info():
+    """Show where the base model, encoder, hypernet and user data live."""
+    from .hypernet import DEFAULT_HYPERNET
+    from .paths import cache_dir, data_dir, default_base_model, encoder_dir
+
+    rows = {"base model": default_base_model(), "encoder": encoder_dir(), "hypernet": DEFAULT_HYPERNET,
+            "data dir": data_dir(), "cache dir": cache_dir()}
+    for k, v in rows.items():
+        typer.echo(f"{k:11s} {v}{'' if Path(v).exists() else '  (missing)'}")
+
+
+def run():  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,198 @@
+"""history.jsonl -> profile -> hypernet -> adapter.gguf (+ profile.json), all on this machine.
+
+Models (encoder, hypernet, base llama.cpp model) are loaded once into a `Client` and reused across users;
+`personalize` then costs only the per-user stages, which are timed one by one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import json
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+from .adapter import write_adapter
+from .errors import InputError, ModelFileError
+from .fileio import atomic_write_text, ensure_private_dir
+from .history import History, load_history
+from .hypernet import Hypernet
+from .paths import PROMPTS_DIR, data_dir
+from .profile import PROFILE_FORMAT, EmbeddingCache, Profile, SummaryCache, build_profile, summary_prompt
+
+RETRIEVAL_WINDOW = 256  # most recent items considered for retrieval: bounds latency for huge histories
+SUMMARY_MAX_TOKENS = 96
+
+
+@dataclass
+class Result:
+    adapter: Path
+    profile_path: Path
+    profile: Profile
+    history: History
+    timings_ms: dict[str, float]
+    adapter_bytes: int
+
+
+def user_dir(user: str) -> Path:
+    return data_dir() / "users" / user
+
+
+def user_id_for(history_path: Path) -> str:
+    """Default user id: the history file's name without extensions, made filesystem-safe."""
+    name = Path(history_path).name.split(".")[0] or "user"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64]
+
+
+def read_summary_arg(value: str) -> str:
+    """--summary takes literal text or a path to a UTF-8 text file."""
+    p = Path(value)
+    try:
+        is_file = p.is_file()
+    except OSError:
+        is_file = False
+    if is_file:
+        try:
+            text = p.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(p, f"cannot read summary file ({e.__class__.__name__}: {e})") from None
+        if not text:
+            raise InputError(p, "summary file is empty")
+        return text
+    if not value.strip():
+        raise InputError("--summary", "summary text is empty")
+    return value.strip()
+
+
+@contextmanager
+def output_lock(out_dir: Path):
+    """Serialise concurrent runs that write the same output dir."""
+    ensure_private_dir(out_dir)
+    fd = os.open(out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class Client:
+    """The on-device models, loaded once: sentence encoder, hypernet, base llama.cpp model."""
+
+    def __init__(self, *, hypernet_path: Path | None = None, base_model: Path | None = None,
+                 encoder_dir: Path | None = None, threads: int | None = None, llm=None):
+        from .encoder import Encoder
+        from .runtime import LocalLLM
+
+        t = time.perf_counter()
+        self.llm = llm or LocalLLM(base_model, n_threads=threads)
+        self.base = self.llm.spec
+        self.hypernet = Hypernet(hypernet_path, threads=threads)
+        self.hypernet.card.check_base(self.base)
+        self.encoder = Encoder(encoder_dir, threads=threads)
+        self.hypernet.card.check_encoder(self.encoder.name, self.encoder.dim)
+        self.load_ms = (time.perf_counter() - t) * 1e3
+        self.summaries = SummaryCache()
+        self.embeddings = EmbeddingCache(self.encoder.card.get("onnx_sha256", self.encoder.name))
+        self.prompt_template = (PROMPTS_DIR / "summary.txt").read_text(encoding="utf-8")
+
+    def summarize(self, history: History) -> tuple[str, str]:
+        """(summary, source): from the cache, or generated greedily by the local base model."""
+        key = self.summaries.key(history.sha256, self.base.sha256, self.prompt_template)
+        cached = self.summaries.get(key)
+        if cached:
+            return cached, "cache"
+        self.llm.use(None)  # summaries always come from the plain base model
+        text = self.llm.complete(
+            [{"role": "user", "content": summary_prompt(history.items, self.prompt_template)}],
+            max_tokens=SUMMARY_MAX_TOKENS,
+        )
+        text = " ".join(text.split()) or "(no summary)"
+        self.summaries.put(key, text, history.sha256)
+        return text, "generated"
+
+    def personalize(self, history_path: Path, out_dir: Path, *, summary: str | None = None,
+                    no_summary: bool = False, top_k: int | None = None, dtype: str = "f16",
+                    load_check: bool = True) -> Result:
+        T = {}
+        t0 = time.perf_counter()
+        history = load_history(history_path, keep_last=RETRIEVAL_WINDOW)
+        t1 = time.perf_counter()
+        T["read"] = (t1 - t0) * 1e3
+
+        if no_summary:
+            summ, source = None, "none"
+        elif summary is not None:
+            summ, source = summary, "given"
+        else:
+            summ, source = self.summarize(history)
+        t2 = time.perf_counter()
+        T["summary"] = (t2 - t1) * 1e3
+
+        k = top_k if top_k is not None else int(self.hypernet.card.profile.get("top_k", 2))
+        from .profile import item_text
+
+        vecs = self.embeddings.encode(self.encoder.encode, [item_text(it) for it in history.items], history.sha256)
+        profile = build_profile(self.encoder, history.items, summary=summ, summary_source=source, top_k=k,
+                                item_vecs=vecs)
+        t3 = time.perf_counter()
+        T["encode"] = (t3 - t2) * 1e3
+
+        lora = self.hypernet.generate(profile.embedding)
+        t4 = time.perf_counter()
+        T["hypernet"] = (t4 - t3) * 1e3
+
+        out_dir = Path(out_dir)
+        adapter_path = out_dir / "adapter.gguf"
+        profile_path = out_dir / "profile.json"
+        with output_lock(out_dir):
+            write_adapter(adapter_path, lora, self.base, dtype=dtype, metadata={
+                "hypernet": self.hypernet.card.id, "history_sha256": history.sha256, "profile_format": PROFILE_FORMAT,
+            })
+            t5 = time.perf_counter()
+            T["write"] = (t5 - t4) * 1e3
+            if load_check:  # prove llama.cpp accepts it, as chat will
+                ad = self.llm.load_adapter(adapter_path)
+                self.llm.free(ad)
+            t6 = time.perf_counter()
+            T["load"] = (t6 - t5) * 1e3
+            T["total"] = (t6 - t0) * 1e3
+            doc = self._profile_doc(history, profile, adapter_path, T, top_k=k)
+            atomic_write_text(profile_path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        return Result(adapter_path, profile_path, profile, history, T, adapter_path.stat().st_size)
+
+    def _profile_doc(self, history: History, profile: Profile, adapter_path: Path, T: dict, top_k: int) -> dict:
+        card = self.hypernet.card
+        return {
+            "format": "p2p-edge-profile/1",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "p2p_edge_version": __version__,
+            "adapter": str(adapter_path),
+            "summary": profile.summary,
+            "summary_source": profile.summary_source,
+            "retrieved_ids": profile.retrieved_ids,
+            "top_k": top_k,
+            "profile_format": PROFILE_FORMAT,
+            "embedding_model": self.encoder.name,
+            "hypernet": {"id": card.id, "path": str(self.hypernet.path), "rank": card.rank, "alpha": card.alpha},
+            "base_model": {"id": card.raw["base_model"].get("id", self.base.name),  # check_base: same sha
+                           "name": self.base.name, "path": str(self.llm.model_path), "sha256": self.base.sha256},
+            "history": {"path": str(Path(history.path).resolve()), "sha256": history.sha256, "n_items": history.n_items,
+                        "n_used": len(history.items)},
+            "timings_ms": {k: round(v, 2) for k, v in T.items()},
+            "models_load_ms": round(self.load_ms, 1),
+        }
+
+
+def check_hypernet_exists(path: Path | None) -> None:
+    from .hypernet import DEFAULT_HYPERNET
+
+    p = Path(path or DEFAULT_HYPERNET)
+    if not p.is_file():
+        raise ModelFileError(f"{p}: hypernet not found (pass --hypernet PATH, or reinstall p2p-edge for the shipped default)")

@@ -1,0 +1,202 @@
+"""The user profile: an LLM-written summary of the history + the top-k retrieved items -> one text -> one vector.
+
+`profile_text` and `item_text` are THE format, shared by the client and by training (p2p_edge.train):
+a hypernet only understands embeddings of texts built exactly this way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .fileio import atomic_write_bytes, atomic_write_text, ensure_private_dir
+from .paths import PROMPTS_DIR, cache_dir
+
+PROFILE_FORMAT = "summary+top-k/1"
+SUMMARY_CHARS = 480       # the encoder reads at most 256 tokens: keep summary + k items inside that
+ITEM_CHARS = 280
+SUMMARY_ITEM_CHARS = 240  # per item, inside the summary prompt
+SUMMARY_PROMPT_CHARS = 4000
+
+
+def _get(item: Any, key: str):
+    return item.get(key) if isinstance(item, dict) else getattr(item, key, None)
+
+
+def _clip(s: str, n: int) -> str:
+    s = " ".join(str(s).split())
+    return s if len(s) <= n else s[: n - 1].rstrip() + "…"
+
+
+def item_text(item: Any, max_chars: int = ITEM_CHARS) -> str:
+    """One history item as the profile shows it: title, text, and the user's own rating / label."""
+    parts = []
+    if _get(item, "title"):
+        parts.append(f"{_clip(_get(item, 'title'), 80)}:")
+    if _get(item, "prompt") and _get(item, "output"):
+        parts.append(f"Q: {_clip(_get(item, 'prompt'), 100)} A:")
+    parts.append(_clip(_get(item, "text") or "", max_chars))
+    tags = []
+    if _get(item, "rating") is not None:
+        r = float(_get(item, "rating"))
+        tags.append(f"rated {int(r) if r.is_integer() else r}")
+    if _get(item, "label"):
+        tags.append(f"category {_clip(_get(item, 'label'), 40)}")
+    if tags:
+        parts.append(f"({', '.join(tags)})")
+    return " ".join(parts)
+
+
+def profile_text(summary: str | None, retrieved: Sequence[Any]) -> str:
+    """The profile as encoded into the hypernet's input vector."""
+    lines = []
+    if summary:
+        lines.append(f"About this user: {_clip(summary, SUMMARY_CHARS)}")
+    for i, item in enumerate(retrieved, 1):
+        lines.append(f"Example {i}: {item_text(item)}")
+    return "\n".join(lines) if lines else "About this user: (no history)"
+
+
+def summary_prompt(items: Sequence[Any], template: str | None = None) -> str:
+    """The summarisation prompt over the most recent items that fit the budget (oldest first)."""
+    template = template or (PROMPTS_DIR / "summary.txt").read_text(encoding="utf-8")
+    chosen, used = [], 0
+    for item in reversed(list(items)):
+        line = "- " + item_text(item, SUMMARY_ITEM_CHARS)
+        if used + len(line) > SUMMARY_PROMPT_CHARS and chosen:
+            break
+        chosen.append(line)
+        used += len(line) + 1
+    return template.replace("{items}", "\n".join(reversed(chosen)))
+
+
+def retrieve(query: np.ndarray | None, item_vecs: np.ndarray, k: int) -> list[int]:
+    """Indices of the top-k items by cosine similarity to `query`; the k most recent when there is no query."""
+    n = len(item_vecs)
+    k = min(k, n)
+    if k <= 0:
+        return []
+    if query is None:
+        return list(range(n - k, n))
+    sims = item_vecs @ query
+    top = np.argsort(-sims, kind="stable")[:k]
+    return sorted(int(i) for i in top)  # keep chronological order in the profile text
+
+
+@dataclass
+class Profile:
+    summary: str | None
+    summary_source: str            # "generated" | "cache" | "given" | "none"
+    retrieved: list[Any]
+    text: str
+    embedding: np.ndarray
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def retrieved_ids(self) -> list[str]:
+        return [str(_get(it, "id")) for it in self.retrieved]
+
+
+class SummaryCache:
+    """Summaries keyed by (history sha256, base model sha256, prompt): private files in the cache dir."""
+
+    def __init__(self, root=None):
+        self.root = (root or cache_dir()) / "summaries"
+
+    def key(self, history_sha: str, model_sha: str, prompt_template: str) -> str:
+        h = hashlib.sha256(f"{history_sha}|{model_sha}|{prompt_template}".encode()).hexdigest()
+        return h[:32]
+
+    def get(self, key: str) -> str | None:
+        p = self.root / f"{key}.json"
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))["summary"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def put(self, key: str, summary: str, history_sha: str) -> None:
+        ensure_private_dir(self.root)
+        atomic_write_text(self.root / f"{key}.json", json.dumps({"summary": summary, "history_sha256": history_sha}))
+
+    def delete_for_history(self, history_sha: str) -> int:
+        n = 0
+        for p in self.root.glob("*.json") if self.root.is_dir() else []:
+            try:
+                if json.loads(p.read_text())["history_sha256"] == history_sha:
+                    p.unlink()
+                    n += 1
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return n
+
+
+class EmbeddingCache:
+    """Item embeddings keyed by sha1 of the item's profile text, one private .npz per (encoder, history)."""
+
+    def __init__(self, encoder_id: str, root=None):
+        self.root = (root or cache_dir()) / "embeddings" / hashlib.sha1(encoder_id.encode()).hexdigest()[:16]
+
+    def _path(self, history_sha: str):
+        return self.root / f"{history_sha[:32]}.npz"
+
+    def encode(self, encode: Callable[[list[str]], np.ndarray], texts: list[str], history_sha: str) -> np.ndarray:
+        keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
+        known: dict[str, np.ndarray] = {}
+        path = self._path(history_sha)
+        if path.is_file():
+            try:
+                with np.load(path) as z:
+                    known = dict(zip(z["keys"].tolist(), z["vecs"]))
+            except (OSError, ValueError, KeyError):
+                known = {}
+        missing = [i for i, k in enumerate(keys) if k not in known]
+        if missing:
+            vecs = encode([texts[i] for i in missing])
+            for i, v in zip(missing, vecs):
+                known[keys[i]] = v
+            import io
+
+            buf = io.BytesIO()
+            np.savez(buf, keys=np.array(keys), vecs=np.stack([known[k] for k in keys]))
+            ensure_private_dir(self.root)
+            atomic_write_bytes(path, buf.getvalue())
+        return np.stack([known[k] for k in keys]).astype(np.float32)
+
+    def delete_for_history(self, history_sha: str) -> int:
+        p = self._path(history_sha)
+        if p.is_file():
+            p.unlink()
+            return 1
+        return 0
+
+
+def build_profile(
+    encoder,
+    items: Sequence[Any],
+    *,
+    summary: str | None,
+    summary_source: str,
+    top_k: int = 2,
+    item_vecs: np.ndarray | None = None,
+) -> Profile:
+    """Retrieve the top-k items for the summary, write the profile text and encode it into one vector."""
+    t0 = time.perf_counter()
+    texts = [item_text(it) for it in items]
+    if item_vecs is None:
+        item_vecs = encoder.encode(texts) if texts else np.zeros((0, encoder.dim), np.float32)
+    t1 = time.perf_counter()
+    query = encoder.encode([summary])[0] if summary else None
+    idx = retrieve(query, item_vecs, top_k)
+    retrieved = [items[i] for i in idx]
+    text = profile_text(summary, retrieved)
+    emb = encoder.encode([text])[0]
+    t2 = time.perf_counter()
+    return Profile(
+        summary=summary, summary_source=summary_source, retrieved=retrieved, text=text, embedding=emb,
+        timings_ms={"encode_items": (t1 - t0) * 1e3, "encode_profile": (t2 - t1) * 1e3},
+    )

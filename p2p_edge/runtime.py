@@ -1,0 +1,114 @@
+"""One llama.cpp model per process; LoRA adapters are loaded and swapped without reloading the base.
+
+Uses llama-cpp-python's low-level adapter API (llama_adapter_lora_init / llama_set_adapters_lora):
+the high-level `Llama(lora_path=...)` takes a single adapter at construction, turns mmap off, and
+segfaults on a malformed adapter, so every adapter is checked by our own reader first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .adapter import validate_adapter
+from .base import BaseSpec, read_base_spec
+from .errors import ModelFileError
+from .paths import cache_dir, default_base_model
+
+
+@dataclass
+class LoadedAdapter:
+    path: Path
+    handle: object  # llama_adapter_lora_p
+    load_ms: float
+
+
+def default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+class LocalLLM:
+    def __init__(self, model_path: Path | None = None, *, n_ctx: int = 2048, n_threads: int | None = None, seed: int = 0):
+        import llama_cpp
+
+        self._lc = llama_cpp
+        self.model_path = Path(model_path or default_base_model())
+        self.spec: BaseSpec = read_base_spec(self.model_path, cache_dir() / "sha256.json")
+        self.llm = llama_cpp.Llama(
+            model_path=str(self.model_path), n_ctx=n_ctx, n_threads=n_threads or default_threads(),
+            seed=seed, verbose=False,
+        )
+        self.active: LoadedAdapter | None = None
+        self.scale = 1.0
+        self._loaded: list[LoadedAdapter] = []
+
+    # -- adapters -----------------------------------------------------------------------------------
+    def load_adapter(self, path: Path) -> LoadedAdapter:
+        """Validate with our reader (shapes, dtypes, base sha), then hand the file to llama.cpp."""
+        path = Path(path)
+        validate_adapter(path, self.spec)
+        t = time.perf_counter()
+        handle = self._lc.llama_adapter_lora_init(self.llm.model, str(path).encode())
+        if not handle:  # a NULL pointer is falsy but not None
+            raise ModelFileError(f"{path}: llama.cpp refused the adapter")
+        ad = LoadedAdapter(path, handle, (time.perf_counter() - t) * 1e3)
+        self._loaded.append(ad)
+        return ad
+
+    def use(self, adapter: LoadedAdapter | None, scale: float = 1.0) -> None:
+        """Make `adapter` the only active one (None = base model)."""
+        if adapter is None:
+            rc = self._lc.llama_set_adapters_lora(self.llm.ctx, None, 0, None)
+        else:
+            arr = (self._lc.llama_adapter_lora_p_ctypes * 1)(adapter.handle)
+            scales = (ctypes.c_float * 1)(scale)
+            rc = self._lc.llama_set_adapters_lora(self.llm.ctx, arr, 1, scales)
+        if rc != 0:
+            raise ModelFileError(f"llama.cpp could not activate adapter (code {rc})")
+        self.active, self.scale = adapter, scale
+        self.llm.reset()  # else the cached KV state is reused and a swap is silently ignored
+
+    def free(self, adapter: LoadedAdapter) -> None:
+        if self.active is adapter:
+            self.use(None)
+        if adapter in self._loaded:
+            self._loaded.remove(adapter)
+            self._lc.llama_adapter_lora_free(adapter.handle)
+
+    # -- inference ------------------------------------------------------------------------------------
+    def chat_stream(self, messages: list[dict], *, max_tokens: int = 256, temperature: float = 0.7,
+                    top_p: float = 0.9, seed: int | None = None) -> Iterator[str]:
+        """Stream the assistant's reply (the model's own chat template) token by token."""
+        for chunk in self.llm.create_chat_completion(
+            messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            stream=True, seed=seed,
+        ):
+            delta = chunk["choices"][0].get("delta", {})
+            if delta.get("content"):
+                yield delta["content"]
+
+    def chat(self, messages: list[dict], **kw) -> str:
+        return "".join(self.chat_stream(messages, **kw))
+
+    def complete(self, messages: list[dict], *, max_tokens: int = 64) -> str:
+        """Greedy answer (deterministic), for summaries and evaluation."""
+        return self.chat(messages, max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=0).strip()
+
+    def last_logits(self, token_ids: list[int]) -> np.ndarray:
+        """Logits after `token_ids`, from a clean KV state."""
+        self.llm.reset()
+        self.llm.eval(token_ids)
+        return np.array(self.llm.scores[len(token_ids) - 1], dtype=np.float32)
+
+    def tokens_per_second(self, prompt: str, n_tokens: int = 64) -> float:
+        self.llm.reset()
+        t = time.perf_counter()
+        out = self.llm.create_completion(prompt, max_tokens=n_tokens, temperature=0.0)
+        n = out["usage"]["completion_tokens"]
+        return n / (time.perf_counter() - t)

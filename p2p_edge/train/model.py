@@ -1,0 +1,142 @@
+"""The P2P hypernetwork (torch) and the functional LoRA injection into a frozen HF causal LM.
+
+HyperNet: [profile embedding e ; module-type emb(m) ; layer-depth emb(l)] -> MLP trunk -> per-module heads
+-> flattened (A, B) for every (module, layer), all pairs in one batched forward pass.
+B's head is zero-initialised so the generated delta W = alpha/r * B A is exactly 0 at step 0
+(as in Text-to-LoRA / P2P), and training starts from the base model's behaviour.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class HyperNetConfig:
+    emb_dim: int
+    n_layers: int
+    module_shapes: dict[str, tuple[int, int]]  # module -> (in_features, out_features)
+    rank: int = 8
+    alpha: float = 16.0
+    hidden: int = 256
+    type_emb_dim: int = 32
+    depth_emb_dim: int = 32
+    dropout: float = 0.05
+    a_init_scale: float = 0.1
+    modules: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.module_shapes = {m: tuple(s) for m, s in self.module_shapes.items()}
+        if not self.modules:
+            self.modules = list(self.module_shapes)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["module_shapes"] = {m: list(s) for m, s in self.module_shapes.items()}
+        return d
+
+
+class HyperNet(nn.Module):
+    def __init__(self, cfg: HyperNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        n_mod, L = len(cfg.modules), cfg.n_layers
+        self.type_emb = nn.Embedding(n_mod, cfg.type_emb_dim)
+        self.depth_emb = nn.Embedding(L, cfg.depth_emb_dim)
+        d_in = cfg.emb_dim + cfg.type_emb_dim + cfg.depth_emb_dim
+        self.trunk = nn.Sequential(
+            nn.LayerNorm(d_in),
+            nn.Linear(d_in, cfg.hidden),
+            nn.SiLU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, cfg.hidden),
+            nn.SiLU(),
+            nn.LayerNorm(cfg.hidden),
+        )
+        r = cfg.rank
+        self.head_a = nn.ModuleDict({m: nn.Linear(cfg.hidden, r * cfg.module_shapes[m][0]) for m in cfg.modules})
+        self.head_b = nn.ModuleDict({m: nn.Linear(cfg.hidden, cfg.module_shapes[m][1] * r) for m in cfg.modules})
+        for m in cfg.modules:
+            self.head_a[m].weight.data.mul_(cfg.a_init_scale)
+            nn.init.zeros_(self.head_b[m].weight)
+            nn.init.zeros_(self.head_b[m].bias)
+        # Fixed index grids so one forward covers every (module, layer) pair.
+        self.register_buffer("layer_idx", torch.arange(L), persistent=False)
+
+    def forward(self, e: torch.Tensor) -> dict[str, torch.Tensor]:
+        """e: (batch, emb_dim) -> {"{m}.lora_a": (batch, L, r, in), "{m}.lora_b": (batch, L, out, r)}."""
+        cfg, r = self.cfg, self.cfg.rank
+        bsz, L = e.shape[0], cfg.n_layers
+        depth = self.depth_emb(self.layer_idx)  # (L, d)
+        out = {}
+        for mi, m in enumerate(cfg.modules):
+            t = self.type_emb.weight[mi].expand(L, -1)
+            cond = torch.cat([t, depth], dim=-1)  # (L, dt+dd)
+            x = torch.cat([e[:, None, :].expand(bsz, L, -1), cond[None].expand(bsz, L, -1)], dim=-1)
+            h = self.trunk(x)  # (batch, L, hidden)
+            n_in, n_out = cfg.module_shapes[m]
+            out[f"{m}.lora_a"] = self.head_a[m](h).view(bsz, L, r, n_in)
+            out[f"{m}.lora_b"] = self.head_b[m](h).view(bsz, L, n_out, r)
+        return out
+
+
+class LoraInjector:
+    """Adds a per-sample LoRA delta to target Linear layers of a frozen HF model via forward hooks.
+
+    Gradients flow into whatever produced the A/B tensors (the hypernet); the base weights stay frozen.
+    Works for any HF llama/qwen2-style model whose layers live at model.model.layers[i].self_attn.{q,v}_proj.
+    """
+
+    def __init__(self, model: nn.Module, modules: list[str], alpha: float, rank: int):
+        self.scale = alpha / rank
+        self.modules = modules
+        self.layers = find_decoder_layers(model)
+        self._current: dict[str, torch.Tensor] | None = None
+        self._handles = []
+        for li, layer in enumerate(self.layers):
+            for m in modules:
+                lin = getattr(layer.self_attn, m)
+                self._handles.append(lin.register_forward_hook(self._make_hook(m, li)))
+
+    def _make_hook(self, m: str, li: int):
+        def hook(mod, inputs, output):
+            if self._current is None:
+                return output
+            x = inputs[0]  # (batch, T, in)
+            a = self._current[f"{m}.lora_a"][:, li]  # (batch, r, in)
+            b = self._current[f"{m}.lora_b"][:, li]  # (batch, out, r)
+            if a.shape[0] == 1 and x.shape[0] > 1:  # one adapter for the whole batch
+                a, b = a.expand(x.shape[0], -1, -1), b.expand(x.shape[0], -1, -1)
+            z = torch.einsum("bti,bri->btr", x, a.to(x.dtype))
+            return output + self.scale * torch.einsum("btr,bor->bto", z, b.to(x.dtype))
+
+        return hook
+
+    @contextmanager
+    def use(self, lora: dict[str, torch.Tensor] | None):
+        prev, self._current = self._current, lora
+        try:
+            yield
+        finally:
+            self._current = prev
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def find_decoder_layers(model: nn.Module):
+    for path in ("model.layers", "model.model.layers", "base_model.model.model.layers"):
+        obj = model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+            return list(obj)
+        except AttributeError:
+            continue
+    raise ValueError(f"cannot find decoder layers in {type(model).__name__}")
