@@ -23,10 +23,9 @@ from .fileio import atomic_write_text, ensure_private_dir
 from .history import History, load_history
 from .hypernet import Hypernet
 from .paths import PROMPTS_DIR, data_dir
-from .profile import PROFILE_FORMAT, EmbeddingCache, Profile, SummaryCache, build_profile, summary_prompt
+from .profile import PROFILE_FORMAT, EmbeddingCache, Profile, SummaryCache, build_profile, generate_summary, item_text
 
 RETRIEVAL_WINDOW = 256  # most recent items considered for retrieval: bounds latency for huge histories
-SUMMARY_MAX_TOKENS = 96
 
 
 @dataclass
@@ -108,12 +107,7 @@ class Client:
         cached = self.summaries.get(key)
         if cached:
             return cached, "cache"
-        self.llm.use(None)  # summaries always come from the plain base model
-        text = self.llm.complete(
-            [{"role": "user", "content": summary_prompt(history.items, self.prompt_template)}],
-            max_tokens=SUMMARY_MAX_TOKENS,
-        )
-        text = " ".join(text.split()) or "(no summary)"
+        text = generate_summary(self.llm, history.items, self.prompt_template)
         self.summaries.put(key, text, history.sha256)
         return text, "generated"
 
@@ -136,8 +130,6 @@ class Client:
         T["summary"] = (t2 - t1) * 1e3
 
         k = top_k if top_k is not None else int(self.hypernet.card.profile.get("top_k", 2))
-        from .profile import item_text
-
         vecs = self.embeddings.encode(self.encoder.encode, [item_text(it) for it in history.items], history.sha256)
         profile = build_profile(self.encoder, history.items, summary=summ, summary_source=source, top_k=k,
                                 item_vecs=vecs)

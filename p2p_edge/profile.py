@@ -21,7 +21,8 @@ PROFILE_FORMAT = "summary+top-k/1"
 SUMMARY_CHARS = 480       # the encoder reads at most 256 tokens: keep summary + k items inside that
 ITEM_CHARS = 280
 SUMMARY_ITEM_CHARS = 240  # per item, inside the summary prompt
-SUMMARY_PROMPT_CHARS = 4000
+SUMMARY_PROMPT_CHARS = 1500
+SUMMARY_MAX_TOKENS = 48
 
 
 def _get(item: Any, key: str):
@@ -73,6 +74,16 @@ def summary_prompt(items: Sequence[Any], template: str | None = None) -> str:
         chosen.append(line)
         used += len(line) + 1
     return template.replace("{items}", "\n".join(reversed(chosen)))
+
+
+def generate_summary(llm, items: Sequence[Any], template: str | None = None,
+                     max_tokens: int = SUMMARY_MAX_TOKENS) -> str:
+    """Greedy, repetition-penalised summary by the local base model (no adapter): the client and the
+    training-data builder call this same function, so training sees the summaries users will get."""
+    llm.use(None)
+    text = llm.complete([{"role": "user", "content": summary_prompt(items, template)}],
+                        max_tokens=max_tokens, repeat_penalty=1.3)
+    return " ".join(text.split()) or "(no summary)"
 
 
 def retrieve(query: np.ndarray | None, item_vecs: np.ndarray, k: int) -> list[int]:

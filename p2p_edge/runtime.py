@@ -83,11 +83,11 @@ class LocalLLM:
 
     # -- inference ------------------------------------------------------------------------------------
     def chat_stream(self, messages: list[dict], *, max_tokens: int = 256, temperature: float = 0.7,
-                    top_p: float = 0.9, seed: int | None = None) -> Iterator[str]:
+                    top_p: float = 0.9, seed: int | None = None, repeat_penalty: float = 1.1) -> Iterator[str]:
         """Stream the assistant's reply (the model's own chat template) token by token."""
         for chunk in self.llm.create_chat_completion(
             messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-            stream=True, seed=seed,
+            stream=True, seed=seed, repeat_penalty=repeat_penalty,
         ):
             delta = chunk["choices"][0].get("delta", {})
             if delta.get("content"):
@@ -96,9 +96,10 @@ class LocalLLM:
     def chat(self, messages: list[dict], **kw) -> str:
         return "".join(self.chat_stream(messages, **kw))
 
-    def complete(self, messages: list[dict], *, max_tokens: int = 64) -> str:
+    def complete(self, messages: list[dict], *, max_tokens: int = 64, repeat_penalty: float = 1.0) -> str:
         """Greedy answer (deterministic), for summaries and evaluation."""
-        return self.chat(messages, max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=0).strip()
+        return self.chat(messages, max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=0,
+                         repeat_penalty=repeat_penalty).strip()
 
     def last_logits(self, token_ids: list[int]) -> np.ndarray:
         """Logits after `token_ids`, from a clean KV state."""

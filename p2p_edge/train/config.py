@@ -1,0 +1,127 @@
+"""Training configuration: one TOML file holds every knob (see configs/train_default.toml)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..errors import InputError
+
+
+@dataclass
+class BaseCfg:
+    path: str = ""            # "" = the bundled SmolLM2 GGUF; else a .gguf file or an HF model directory
+
+
+@dataclass
+class ProfilesCfg:
+    top_k: int = 2
+    query_items: dict = field(default_factory=dict)  # dataset name -> last items per user reserved as queries
+    default_query_items: int = 2
+    summaries_dir: str = "../runs/profiles"
+    variant: str = "full"     # full | summary_only | retrieval_only (ablations)
+
+
+@dataclass
+class HypernetCfg:
+    hidden: int = 256
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    a_init_scale: float = 0.1
+    type_emb_dim: int = 32
+    depth_emb_dim: int = 32
+
+
+@dataclass
+class TrainCfg:
+    method: str = "p2p"       # p2p (hypernet) | mt_lora (one shared LoRA, the control)
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup: int = 30
+    max_len: int = 192
+    eval_every: int = 100
+    save_every: int = 100
+    val_examples: int = 64
+    seed: int = 0
+    threads: int = 0          # 0 = torch default
+    mixed_precision: str = "bf16"   # no | bf16 | fp16 (fp16 on GPU only)
+    max_examples_per_user: int = 0  # 0 = all of a train user's reserved queries
+
+
+@dataclass
+class Config:
+    tasks_config: str = "tasks.toml"
+    tasks: list = field(default_factory=list)
+    split: str = "random"
+    splits_file: str = ""     # "" = <out_dir>/splits.json
+    out_dir: str = "../runs/default"
+    base: BaseCfg = field(default_factory=BaseCfg)
+    profiles: ProfilesCfg = field(default_factory=ProfilesCfg)
+    hypernet: HypernetCfg = field(default_factory=HypernetCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    source: str = ""
+
+    def resolve(self, p: str) -> Path:
+        """Relative paths in the config are relative to the config file's directory."""
+        path = Path(p).expanduser()
+        return path if path.is_absolute() or not self.source else (Path(self.source).parent / path).resolve()
+
+    def query_items_for(self, dataset: Path) -> int:
+        return int(self.profiles.query_items.get(dataset_name(dataset), self.profiles.default_query_items))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def dataset_name(path: Path) -> str:
+    return Path(path).name.split(".")[0]
+
+
+def _fill(cls, data: dict, path: Path, prefix: str):
+    known = {f.name: f for f in fields(cls)}
+    kw = {}
+    for k, v in data.items():
+        if k not in known:
+            raise InputError(path, f"unknown key '{prefix}{k}'", field=prefix + k)
+        sub = {"base": BaseCfg, "profiles": ProfilesCfg, "hypernet": HypernetCfg, "train": TrainCfg}.get(k)
+        if sub is not None and cls is Config:
+            if not isinstance(v, dict):
+                raise InputError(path, f"[{k}] must be a table", field=k)
+            v = _fill(sub, v, path, f"{k}.")
+        else:
+            default = known[k].default if known[k].default is not field else None
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                if not isinstance(v, (int, float)) or isinstance(v, bool):
+                    raise InputError(path, f"must be a number, got {type(v).__name__}", field=prefix + k)
+                v = type(default)(v)
+            elif isinstance(default, str) and not isinstance(v, str):
+                raise InputError(path, f"must be a string, got {type(v).__name__}", field=prefix + k)
+        kw[k] = v
+    return cls(**kw)
+
+
+def load_config(path: Path) -> Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, "config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(path, f"cannot read config ({e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(path, f"invalid TOML: {e}") from None
+    cfg = _fill(Config, data, path, "")
+    cfg.source = str(path.resolve())
+    if cfg.train.method not in ("p2p", "mt_lora"):
+        raise InputError(path, f"must be 'p2p' or 'mt_lora', got {cfg.train.method!r}", field="train.method")
+    if cfg.split not in ("random", "ood"):
+        raise InputError(path, f"must be 'random' or 'ood', got {cfg.split!r}", field="split")
+    if cfg.profiles.variant not in ("full", "summary_only", "retrieval_only"):
+        raise InputError(path, f"unknown profile variant {cfg.profiles.variant!r}", field="profiles.variant")
+    if cfg.train.mixed_precision not in ("no", "bf16", "fp16"):
+        raise InputError(path, "must be no, bf16 or fp16", field="train.mixed_precision")
+    return cfg

@@ -1,0 +1,98 @@
+"""Users, profiles, splits and (prompt, target) examples for training and evaluation.
+
+Protocol (one profile per user, so one LLM summary per user):
+- each user's last `query_items` items (at most half the history) are reserved as queries; the profile
+  (summary + top-k retrieval) is built from the items before them only, so no target is in its own profile;
+- TRAIN users: every reserved item that qualifies for a task is a training example;
+- VAL / TEST users: every reserved item that qualifies is scored; metrics are averaged per user first, and
+  confidence intervals resample users.
+Users are split per dataset (random, or OOD = whole k-means clusters of profile embeddings held out), so every
+dataset's tasks have held-out users in both splits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..tasks import Task, load_config as load_task_config
+from .config import Config, dataset_name
+from .data import ood_split, random_split, read_users, resolve_task_labels
+from .profiles import VARIANTS, embed_profiles, load_summaries, n_query_items, profile_items, subsample_users
+
+
+@dataclass
+class Example:
+    uid: str          # "<dataset>/<user_id>"
+    task: str
+    prompt: str
+    target: str
+    item: dict
+
+
+@dataclass
+class Corpus:
+    uids: list[str]
+    emb: dict[str, np.ndarray]            # variant -> (n_users, dim), rows aligned with uids
+    profiles: dict[str, dict]             # uid -> {"summary", "items"} (profile items)
+    examples: dict[str, list[Example]]    # uid -> reserved-query examples (all tasks)
+    tasks: dict[str, Task]
+    splits: dict[str, dict[str, list[str]]]   # {"random"|"ood": {"train"|"val"|"test": [uid]}}
+
+    def index(self) -> dict[str, int]:
+        return {u: i for i, u in enumerate(self.uids)}
+
+    def part(self, split: str, part: str) -> list[str]:
+        return self.splits[split][part]
+
+
+def load_corpus(cfg: Config, encoder, *, max_users: dict | None = None, require_summaries: bool = True) -> Corpus:
+    tcfg = load_task_config(cfg.resolve(cfg.tasks_config))
+    names = cfg.tasks or list(tcfg.tasks)
+    tasks = {n: tcfg.tasks[n] for n in names}
+    by_dataset: dict[Path, list[Task]] = {}
+    for t in tasks.values():
+        by_dataset.setdefault(Path(t.dataset), []).append(t)
+
+    uids, emb_parts, profiles, examples = [], {v: [] for v in VARIANTS}, {}, {}
+    splits = {"random": {"train": [], "val": [], "test": []}, "ood": {"train": [], "val": [], "test": []}}
+    resolved: dict[str, Task] = {}
+    for ds_path, ds_tasks in by_dataset.items():
+        ds = dataset_name(ds_path)
+        q = cfg.query_items_for(ds_path)
+        users = list(read_users(ds_path))
+        summaries = load_summaries(cfg.resolve(cfg.profiles.summaries_dir) / f"{ds}.summaries.jsonl")
+        limit = (max_users or {}).get(ds, 0)
+        keep = set(subsample_users([u["user_id"] for u in users], limit))
+        users = [u for u in users if u["user_id"] in keep]
+        missing = [u["user_id"] for u in users if (u["user_id"], len(profile_items(u, q))) not in summaries]
+        if missing and require_summaries:
+            raise RuntimeError(f"{ds}: {len(missing)} users have no cached summary (first: {missing[0]}); "
+                               "run `python -m p2p_edge.train.profiles summaries` first")
+        users = [u for u in users if u["user_id"] not in set(missing)]
+        embs = embed_profiles(encoder, users, q, summaries, top_k=cfg.profiles.top_k)
+        ids = [u["user_id"] for u in users]
+        # splits per dataset; OOD clusters on the full-profile embeddings
+        rnd = random_split(ids, tcfg.splits)
+        ood, _, _ = ood_split(ids, embs["full"], tcfg.splits)
+        for name, sp in (("random", rnd), ("ood", ood)):
+            for part in ("train", "val", "test"):
+                splits[name][part] += [f"{ds}/{u}" for u in sp[part]]
+        # labels (auto top-k) decided from users that are TRAIN users in both splits
+        train_ids = set(rnd["train"]) & set(ood["train"])
+        for t in ds_tasks:
+            resolved[t.name] = resolve_task_labels(t, users, train_ids) if t.kind == "classification" else t
+        for u in users:
+            uid = f"{ds}/{u['user_id']}"
+            uids.append(uid)
+            items = profile_items(u, q)
+            profiles[uid] = {"summary": summaries.get((u["user_id"], len(items))), "items": items}
+            reserved = u["history"][len(u["history"]) - n_query_items(u, q):]
+            examples[uid] = [Example(uid, t.name, resolved[t.name].render(it), resolved[t.name].target(it), it)
+                             for it in reserved for t in ds_tasks if resolved[t.name].qualifies(it)]
+        for v in VARIANTS:
+            emb_parts[v].append(embs[v])
+    emb = {v: np.concatenate(p).astype(np.float32) for v, p in emb_parts.items()}
+    return Corpus(uids, emb, profiles, examples, resolved, splits)

@@ -1,0 +1,279 @@
+"""End-to-end training of the P2P hypernet (or of the MT-LoRA control) with the frozen base LLM's SFT loss.
+
+Runs on CPU, one GPU, or several GPUs through accelerate (`accelerate launch -m p2p_edge.train.loop CONFIG`):
+accelerate handles device placement, DDP and mixed precision; this file holds only the P2P logic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..fileio import atomic_path, atomic_write_text, ensure_private_dir
+from .config import Config
+from .model import HyperNet, HyperNetConfig, LoraInjector
+
+IGNORE = -100
+
+
+# ---------------------------------------------------------------------------------------------- base model
+def load_base(cfg: Config, dtype=torch.float32):
+    """(model, tokenizer, base_meta). Default: the bundled SmolLM2 GGUF, dequantized by transformers,
+    so training sees the weights llama.cpp runs. Any HF llama/qwen2 directory works too."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..base import read_base_spec
+    from ..paths import DEFAULT_BASE_ID, cache_dir, default_base_model
+
+    path = Path(cfg.resolve(cfg.base.path)) if cfg.base.path else default_base_model()
+    if path.is_file() and path.suffix == ".gguf":
+        kw = dict(gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kw)
+        tok = AutoTokenizer.from_pretrained(path.parent, **kw)
+        spec = read_base_spec(path, cache_dir() / "sha256.json")
+        meta = {"id": DEFAULT_BASE_ID if not cfg.base.path else path.name, **spec.to_dict()}
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(path)
+        meta = {"id": str(path), "name": path.name, "arch": model.config.model_type,
+                "n_layers": model.config.num_hidden_layers, "sha256": ""}
+    model.requires_grad_(False).eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok, meta
+
+
+def module_shapes(model) -> dict[str, tuple[int, int]]:
+    attn = model.model.layers[0].self_attn
+    return {m: (getattr(attn, m).in_features, getattr(attn, m).out_features) for m in ("q_proj", "v_proj")}
+
+
+# --------------------------------------------------------------------------------------------- tokenizing
+def encode_example(tok, prompt: str, target: str, max_len: int) -> tuple[list[int], list[int]]:
+    """Chat-formatted prompt + target + end-of-turn; loss only on the target tokens.
+    Over-long prompts are cut in the middle of the user text so the instruction at the end survives."""
+    def ids_for(p):
+        return tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
+
+    tgt = tok(target, add_special_tokens=False)["input_ids"][: max_len // 3]
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    tgt = tgt + ([end] if isinstance(end, int) and end >= 0 else [tok.eos_token_id])
+    p_ids = ids_for(prompt)
+    budget = max_len - len(tgt)
+    while len(p_ids) > budget and len(prompt) > 40:
+        cut = max(1, int(len(prompt) * (1 - budget / len(p_ids))) + 8)
+        head = prompt[: len(prompt) // 2 - cut // 2]
+        tail = prompt[len(prompt) // 2 + (cut - cut // 2):]
+        prompt = head + "…" + tail
+        p_ids = ids_for(prompt)
+    ids = (p_ids + tgt)[:max_len]
+    labels = ([IGNORE] * len(p_ids) + tgt)[:max_len]
+    return ids, labels
+
+
+@dataclass
+class Row:
+    ids: list[int]
+    labels: list[int]
+    user: int   # row index into the profile-embedding matrix
+
+
+def collate(rows: list[Row], pad_id: int):
+    n = max(len(r.ids) for r in rows)
+    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), n), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), n), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r.ids)] = torch.tensor(r.ids)
+        labels[i, : len(r.labels)] = torch.tensor(r.labels)
+        mask[i, : len(r.ids)] = 1
+    return ids, mask, labels, torch.tensor([r.user for r in rows])
+
+
+# ------------------------------------------------------------------------------------------------ MT-LoRA
+class SharedLora(nn.Module):
+    """The MT-LoRA control: ONE LoRA for every user (same shapes, init and injection as the hypernet's)."""
+
+    def __init__(self, cfg: HyperNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        L, r = cfg.n_layers, cfg.rank
+        self.a = nn.ParameterDict({m: nn.Parameter(torch.randn(L, r, s[0]) / math.sqrt(s[0])) for m, s in cfg.module_shapes.items()})
+        self.b = nn.ParameterDict({m: nn.Parameter(torch.zeros(L, s[1], r)) for m, s in cfg.module_shapes.items()})
+
+    def forward(self, e: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = e.shape[0]
+        out = {}
+        for m in self.cfg.modules:
+            out[f"{m}.lora_a"] = self.a[m][None].expand(n, -1, -1, -1)
+            out[f"{m}.lora_b"] = self.b[m][None].expand(n, -1, -1, -1)
+        return out
+
+
+def sft_loss(model, injector: LoraInjector, gen: nn.Module, emb: torch.Tensor, batch) -> torch.Tensor:
+    ids, mask, labels, users = batch
+    lora = gen(emb[users])
+    with injector.use(lora):
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    logits = logits[:, :-1].float()
+    tgt = labels[:, 1:]
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=IGNORE)
+
+
+def lr_at(step: int, cfg) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+# -------------------------------------------------------------------------------------------------- train
+def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np.ndarray, *,
+          out_dir: Path, meta: dict, progress: bool = True, log=print) -> nn.Module:
+    """Train the generator (hypernet or shared LoRA); checkpoints every save_every steps; resumes from last.pt."""
+    from accelerate import Accelerator
+
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    torch.manual_seed(t.seed)
+    rng = random.Random(t.seed)
+    mp = t.mixed_precision if t.mixed_precision != "fp16" or torch.cuda.is_available() else "no"
+    acc = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+    hcfg = HyperNetConfig(emb_dim=emb.shape[1], n_layers=len(model.model.layers), module_shapes=module_shapes(model),
+                          rank=cfg.hypernet.rank, alpha=cfg.hypernet.alpha, hidden=cfg.hypernet.hidden,
+                          dropout=cfg.hypernet.dropout, a_init_scale=cfg.hypernet.a_init_scale,
+                          type_emb_dim=cfg.hypernet.type_emb_dim, depth_emb_dim=cfg.hypernet.depth_emb_dim)
+    gen = HyperNet(hcfg) if t.method == "p2p" else SharedLora(hcfg)
+    opt = torch.optim.AdamW(gen.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    out_dir = ensure_private_dir(out_dir)
+    start, last = 0, out_dir / "last.pt"
+    if last.is_file():  # resume
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+        gen.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        start = ck["step"]
+        rng.setstate(ck["rng"])
+        log(f"resumed from {last} at step {start}")
+    model = model.to(acc.device)
+    gen, opt = acc.prepare(gen, opt)
+    injector = LoraInjector(model, hcfg.modules, hcfg.alpha, hcfg.rank)
+    emb_t = torch.from_numpy(emb).to(acc.device)
+    pad = tok.pad_token_id
+    world, rank = acc.num_processes, acc.process_index
+    logf = open(out_dir / "train_log.jsonl", "a")
+
+    def val_loss() -> float:
+        gen.eval()
+        losses = []
+        with torch.no_grad(), acc.autocast():
+            for i in range(0, len(val_rows), t.batch_size):
+                b = [x.to(acc.device) for x in collate(val_rows[i : i + t.batch_size], pad)]
+                losses.append(float(sft_loss(model, injector, gen, emb_t, b)))
+        gen.train()
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def save(step: int, name: str = "last.pt"):
+        if not acc.is_main_process:
+            return
+        state = {"config": hcfg.to_dict(), "state_dict": acc.unwrap_model(gen).state_dict(), "optimizer": opt.state_dict(),
+                 "step": step, "rng": rng.getstate(), "method": t.method, "meta": meta}
+        with atomic_path(out_dir / name) as tmp:
+            torch.save(state, tmp)
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                   disable=not (progress and acc.is_main_process))
+    gen.train()
+    t0, ema = time.time(), None
+    with bar:
+        task = bar.add_task(t.method, total=t.steps, completed=start, loss=float("nan"))
+        for step in range(start, t.steps):
+            # each process draws its own slice of one global batch of examples from many users
+            batch_rows = [rows[rng.randrange(len(rows))] for _ in range(t.batch_size * world)][rank::world]
+            batch = [x.to(acc.device) for x in collate(batch_rows, pad)]
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, t)
+            with acc.autocast():
+                loss = sft_loss(model, injector, gen, emb_t, batch)
+            acc.backward(loss)
+            acc.clip_grad_norm_(gen.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            lv = float(loss.detach())
+            ema = lv if ema is None else 0.95 * ema + 0.05 * lv
+            bar.update(task, advance=1, loss=ema)
+            rec = {"step": step + 1, "loss": lv, "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.time() - t0, 2)}
+            if (step + 1) % t.eval_every == 0 or step + 1 == t.steps:
+                rec["val_loss"] = val_loss()
+                log(f"step {step + 1}: train loss (ema) {ema:.4f}, val loss {rec['val_loss']:.4f}")
+            if acc.is_main_process:
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+            if (step + 1) % t.save_every == 0 or step + 1 == t.steps:
+                save(step + 1)
+    logf.close()
+    injector.remove()
+    return acc.unwrap_model(gen)
+
+
+def build_rows(corpus, uids: list[str], tok, max_len: int, index: dict[str, int], per_user: int = 0) -> list[Row]:
+    rows = []
+    for u in uids:
+        exs = corpus.examples[u]
+        if per_user:
+            exs = exs[-per_user:]
+        for ex in exs:
+            ids, labels = encode_example(tok, ex.prompt, ex.target, max_len)
+            rows.append(Row(ids, labels, index[u]))
+    return rows
+
+
+def run(config_path: Path, *, log=print) -> Path:
+    """`p2p-edge train --config CONFIG`: data -> profiles -> train -> checkpoint (+ splits, config copy)."""
+    from ..encoder import Encoder
+    from .config import load_config
+    from .data import save_splits
+    from .dataset import load_corpus
+
+    cfg = load_config(config_path)
+    out_dir = ensure_private_dir(cfg.resolve(cfg.out_dir))
+    atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    encoder = Encoder()
+    log("building per-user profiles and examples…")
+    corpus = load_corpus(cfg, encoder)
+    save_splits(out_dir / "splits.json", corpus.splits)
+    index = corpus.index()
+    model, tok, base_meta = load_base(cfg)
+    sp = corpus.splits[cfg.split]
+    rows = build_rows(corpus, sp["train"], tok, cfg.train.max_len, index, cfg.train.max_examples_per_user)
+    val_uids = sp["val"]
+    val_rows = build_rows(corpus, val_uids, tok, cfg.train.max_len, index)
+    random.Random(0).shuffle(val_rows)
+    val_rows = val_rows[: cfg.train.val_examples]
+    log(f"{len(sp['train'])} train users, {len(rows)} examples; {len(val_uids)} val users ({len(val_rows)} val examples)")
+    meta = {
+        "base_model": base_meta,
+        "encoder": {"name": encoder.name, "dim": encoder.dim},
+        "profile": {"top_k": cfg.profiles.top_k, "variant": cfg.profiles.variant},
+        "training": {"config": cfg.to_dict(), "split": cfg.split, "n_train_users": len(sp["train"]),
+                     "n_train_examples": len(rows), "tasks": list(corpus.tasks)},
+    }
+    emb = corpus.emb[cfg.profiles.variant]
+    train(cfg, model, tok, rows, val_rows, emb, out_dir=out_dir, meta=meta, log=log)
+    return out_dir / "last.pt"
+
+
+if __name__ == "__main__":
+    run(Path(sys.argv[1]))
