@@ -56,7 +56,8 @@ class TrainCfg:
 class Config:
     tasks_config: str = "tasks.toml"
     tasks: list = field(default_factory=list)
-    split: str = "random"
+    split: str = "both"       # train on users that are TRAIN in both the random and the OOD split, so one
+                              # model is evaluated honestly on either split's test users; or "random" | "ood"
     splits_file: str = ""     # "" = <out_dir>/splits.json
     out_dir: str = "../runs/default"
     base: BaseCfg = field(default_factory=BaseCfg)
@@ -118,8 +119,8 @@ def load_config(path: Path) -> Config:
     cfg.source = str(path.resolve())
     if cfg.train.method not in ("p2p", "mt_lora"):
         raise InputError(path, f"must be 'p2p' or 'mt_lora', got {cfg.train.method!r}", field="train.method")
-    if cfg.split not in ("random", "ood"):
-        raise InputError(path, f"must be 'random' or 'ood', got {cfg.split!r}", field="split")
+    if cfg.split not in ("both", "random", "ood"):
+        raise InputError(path, f"must be 'both', 'random' or 'ood', got {cfg.split!r}", field="split")
     if cfg.profiles.variant not in ("full", "summary_only", "retrieval_only"):
         raise InputError(path, f"unknown profile variant {cfg.profiles.variant!r}", field="profiles.variant")
     if cfg.train.mixed_precision not in ("no", "bf16", "fp16"):

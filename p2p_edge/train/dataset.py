@@ -45,7 +45,16 @@ class Corpus:
         return {u: i for i, u in enumerate(self.uids)}
 
     def part(self, split: str, part: str) -> list[str]:
-        return self.splits[split][part]
+        """Users of one part; split "both" = train users of both splits, val users of either (never a test user)."""
+        if split != "both":
+            return self.splits[split][part]
+        r, o = self.splits["random"], self.splits["ood"]
+        test = set(r["test"]) | set(o["test"])
+        if part == "train":
+            return sorted(set(r["train"]) & set(o["train"]))
+        if part == "val":
+            return sorted((set(r["val"]) | set(o["val"])) - test)
+        return sorted(test)
 
 
 def load_corpus(cfg: Config, encoder, *, max_users: dict | None = None, require_summaries: bool = True) -> Corpus:

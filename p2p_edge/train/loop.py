@@ -228,10 +228,19 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
     return acc.unwrap_model(gen)
 
 
-def build_rows(corpus, uids: list[str], tok, max_len: int, index: dict[str, int], per_user: int = 0) -> list[Row]:
+def held_out_items(corpus, train_uids: list[str]) -> set[tuple[str, str]]:
+    """(task, item id) of every query of a non-train user, for tasks whose item ids are global (a co-authored
+    article is in several authors' histories: it must not be a training target when it is a held-out query)."""
+    train = set(train_uids)
+    return {(ex.task, str(ex.item.get("id"))) for u in corpus.uids if u not in train
+            for ex in corpus.examples[u] if corpus.tasks[ex.task].global_item_ids}
+
+
+def build_rows(corpus, uids: list[str], tok, max_len: int, index: dict[str, int], per_user: int = 0,
+               exclude: set[tuple[str, str]] = frozenset()) -> list[Row]:
     rows = []
     for u in uids:
-        exs = corpus.examples[u]
+        exs = [ex for ex in corpus.examples[u] if (ex.task, str(ex.item.get("id"))) not in exclude]
         if per_user:
             exs = exs[-per_user:]
         for ex in exs:
@@ -256,18 +265,18 @@ def run(config_path: Path, *, log=print) -> Path:
     save_splits(out_dir / "splits.json", corpus.splits)
     index = corpus.index()
     model, tok, base_meta = load_base(cfg)
-    sp = corpus.splits[cfg.split]
-    rows = build_rows(corpus, sp["train"], tok, cfg.train.max_len, index, cfg.train.max_examples_per_user)
-    val_uids = sp["val"]
+    train_uids, val_uids = corpus.part(cfg.split, "train"), corpus.part(cfg.split, "val")
+    rows = build_rows(corpus, train_uids, tok, cfg.train.max_len, index, cfg.train.max_examples_per_user,
+                      exclude=held_out_items(corpus, train_uids))
     val_rows = build_rows(corpus, val_uids, tok, cfg.train.max_len, index)
     random.Random(0).shuffle(val_rows)
     val_rows = val_rows[: cfg.train.val_examples]
-    log(f"{len(sp['train'])} train users, {len(rows)} examples; {len(val_uids)} val users ({len(val_rows)} val examples)")
+    log(f"{len(train_uids)} train users, {len(rows)} examples; {len(val_uids)} val users ({len(val_rows)} val examples)")
     meta = {
         "base_model": base_meta,
         "encoder": {"name": encoder.name, "dim": encoder.dim},
         "profile": {"top_k": cfg.profiles.top_k, "variant": cfg.profiles.variant},
-        "training": {"config": cfg.to_dict(), "split": cfg.split, "n_train_users": len(sp["train"]),
+        "training": {"config": cfg.to_dict(), "split": cfg.split, "n_train_users": len(train_uids),
                      "n_train_examples": len(rows), "tasks": list(corpus.tasks)},
     }
     emb = corpus.emb[cfg.profiles.variant]

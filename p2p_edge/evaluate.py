@@ -1,0 +1,178 @@
+"""Quality evaluation on held-out users, through the product path: llama.cpp + GGUF adapters (no torch).
+
+Every method answers the same queries of the same users with the same greedy decoding; metrics are averaged
+per user first and confidence intervals resample USERS (paired for differences between methods).
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import metrics as M
+from .adapter import write_adapter
+
+ANSWER_TOKENS = {"rating": 4, "classification": 10, "generation": 28}
+
+
+@dataclass
+class Answers:
+    """method -> uid -> list of (task, parsed prediction, target)."""
+    by_method: dict[str, dict[str, list[tuple[str, str | None, str]]]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def answer(llm, task, prompt: str) -> str | None:
+    raw = llm.complete([{"role": "user", "content": prompt}], max_tokens=ANSWER_TOKENS[task.kind])
+    return task.parse(raw)
+
+
+def run_adapter_method(llm, corpus, uids: list[str], adapter_for: Callable[[str, Path], Path | None],
+                       prompt_for: Callable | None = None, progress: Callable | None = None) -> dict:
+    """Answer every reserved query of each user with that user's adapter (None = base model)."""
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="p2p-eval-") as tmp:
+        for n, uid in enumerate(uids):
+            path = adapter_for(uid, Path(tmp))
+            ad = llm.load_adapter(path) if path is not None else None
+            llm.use(ad)
+            rows = []
+            for ex in corpus.examples[uid]:
+                task = corpus.tasks[ex.task]
+                prompt = prompt_for(uid, ex) if prompt_for else ex.prompt
+                rows.append((ex.task, answer(llm, task, prompt), ex.target))
+            out[uid] = rows
+            if ad is not None:
+                llm.free(ad)
+            if progress:
+                progress(n + 1, len(uids))
+    return out
+
+
+def hypernet_adapters(hypernet, base, emb: np.ndarray, index: dict[str, int], *, donor: dict[str, str] | None = None):
+    """adapter_for(uid) that writes the hypernet's LoRA for uid's profile (or for its donor's, for the
+    shuffled-profile control)."""
+    def adapter_for(uid: str, tmp: Path) -> Path:
+        src = donor[uid] if donor else uid
+        lora = hypernet.generate(emb[index[src]])
+        return write_adapter(tmp / "a.gguf", lora, base, dtype="f16")
+
+    return adapter_for
+
+
+def derangement(uids: list[str], seed: int = 0) -> dict[str, str]:
+    """Each user gets another user's profile (no fixed points): the shuffled-profile control."""
+    rng = random.Random(seed)
+    perm = uids[:]
+    while len(uids) > 1 and any(a == b for a, b in zip(uids, perm)):
+        rng.shuffle(perm)
+    return dict(zip(uids, perm))
+
+
+def prior_answers(corpus, uids: list[str], train_uids: list[str], val_uids: list[str]) -> dict:
+    """The best non-LLM user-prior rule per task, chosen on validation users (never on test users)."""
+    from .train.data import PRIOR_RULES, user_prior_prediction
+
+    out = {u: [] for u in uids}
+    for name, task in corpus.tasks.items():
+        train_t = [ex.target for u in train_uids for ex in corpus.examples[u] if ex.task == name]
+        if not train_t:
+            continue
+        majority = max(set(train_t), key=train_t.count) if task.kind != "generation" else ""
+        rules = PRIOR_RULES.get(task.kind, ())
+        if not rules:
+            continue
+
+        def score(rule, users):
+            rows = {u: [(name, user_prior_prediction(task, corpus.profiles[u]["items"], majority, rule), ex.target)
+                        for ex in corpus.examples[u] if ex.task == name] for u in users}
+            return rows, user_metric_table({"x": rows}, corpus.tasks)["x"].get(name, {})
+
+        primary = task.metrics[0]
+        lower_better = primary in ("mae", "rmse")
+        best = None
+        for rule in rules:
+            _, table = score(rule, val_uids)
+            v = table.get(primary, (np.nan,))[0]
+            if best is None or (v < best[1] if lower_better else v > best[1]):
+                best = (rule, v)
+        rows, _ = score(best[0], uids)
+        for u, r in rows.items():
+            out[u].extend(r)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- aggregation
+def _task_stat(task, pairs: list[tuple[str | None, str]]) -> dict[str, float]:
+    preds, targs = [p for p, _ in pairs], [t for _, t in pairs]
+    return task.score(preds, targs) if pairs else {}
+
+
+def user_metric_table(answers: dict[str, dict], tasks: dict, n_boot: int = 1000, seed: int = 0) -> dict:
+    """method -> task -> metric -> (value, lo, hi): examples pooled within users, users resampled."""
+    out = {}
+    for method, by_user in answers.items():
+        out[method] = {}
+        for name, task in tasks.items():
+            per_user = [[(p, t) for (tn, p, t) in rows if tn == name] for rows in by_user.values()]
+            per_user = [x for x in per_user if x]
+            if not per_user:
+                continue
+
+            def stat(idx, per_user=per_user, task=task):
+                return _task_stat(task, [pt for i in idx for pt in per_user[i]])
+
+            res = M.bootstrap_stat(len(per_user), stat, n=n_boot, seed=seed)
+            res["n_users"] = (len(per_user), len(per_user), len(per_user))
+            res["n_examples"] = (sum(map(len, per_user)),) * 3
+            out[method][name] = res
+    return out
+
+
+def paired_diff(answers: dict, a: str, b: str, tasks: dict, n_boot: int = 1000, seed: int = 0) -> dict:
+    """task -> metric -> (a - b, lo, hi), resampling the users both methods answered."""
+    out = {}
+    users = sorted(set(answers[a]) & set(answers[b]))
+    for name, task in tasks.items():
+        pa = [[(p, t) for (tn, p, t) in answers[a][u] if tn == name] for u in users]
+        pb = [[(p, t) for (tn, p, t) in answers[b][u] if tn == name] for u in users]
+        keep = [i for i in range(len(users)) if pa[i]]
+        if not keep:
+            continue
+
+        def stat(idx, pa=pa, pb=pb, keep=keep, task=task):
+            sa = _task_stat(task, [pt for i in idx for pt in pa[keep[i]]])
+            sb = _task_stat(task, [pt for i in idx for pt in pb[keep[i]]])
+            return {m: sa[m] - sb[m] for m in sa if m in sb}
+
+        out[name] = M.bootstrap_stat(len(keep), stat, n=n_boot, seed=seed)
+    return out
+
+
+def to_json(table: dict) -> dict:
+    """(value, lo, hi) tuples -> {"metric": value, "ci": [lo, hi]} as in quality.json."""
+    res = {}
+    for method, tasks in table.items():
+        res[method] = {}
+        for task, mets in tasks.items():
+            d = {}
+            for m, v in mets.items():
+                if m in ("n_users", "n_examples"):
+                    d[m] = int(v[0])
+                else:
+                    d[m] = round(float(v[0]), 4)
+                    d[f"{m}_ci"] = [round(float(v[1]), 4), round(float(v[2]), 4)]
+            res[method][task] = d
+    return res
+
+
+def timed(fn, *a, **kw):
+    t = time.perf_counter()
+    r = fn(*a, **kw)
+    return r, time.perf_counter() - t
