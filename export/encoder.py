@@ -69,8 +69,13 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None, help="output dir (default: %(default)s -> p2p-edge data dir)")
+    ap.add_argument("--if-missing", action="store_true", help="do nothing if an exported encoder is already there")
     args = ap.parse_args(argv)
-    out = export_encoder(args.out or encoder_dir())
+    target = args.out or encoder_dir()
+    if args.if_missing and (Path(target) / "encoder.json").is_file() and (Path(target) / "model.onnx").is_file():
+        print(f"encoder already exported at {target}")
+        return 0
+    out = export_encoder(target)
     print(f"encoder exported to {out}")
     return 0
 

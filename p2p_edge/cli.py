@@ -133,6 +133,22 @@ def chat(
 
 @app.command()
 @friendly_errors
+def train(
+    config: Path = typer.Option(..., "--config", help="Training config (TOML), e.g. configs/train_default.toml."),
+):
+    """Train a hypernet (or the MT-LoRA control) across users; resumable. Needs the `train` extra (torch).
+
+    Several GPUs: `accelerate launch -m p2p_edge.train.loop CONFIG` (same code, DDP + mixed precision)."""
+    try:
+        from .train.loop import run
+    except ImportError as e:
+        raise P2PError(f"training needs the train extra: pip install 'p2p-edge[train]' ({e})") from None
+    ckpt = run(config, log=typer.echo)
+    typer.echo(f"checkpoint: {ckpt}\nexport it: python -m export.hypernet {ckpt} --out DIR/hypernet.onnx")
+
+
+@app.command()
+@friendly_errors
 def info():
     """Show where the base model, encoder, hypernet and user data live."""
     from .hypernet import DEFAULT_HYPERNET

@@ -23,7 +23,7 @@ from .fileio import atomic_write_text, ensure_private_dir
 from .history import History, load_history
 from .hypernet import Hypernet
 from .paths import PROMPTS_DIR, data_dir
-from .profile import PROFILE_FORMAT, EmbeddingCache, Profile, SummaryCache, build_profile, generate_summary, item_text
+from .profile import PROFILE_FORMAT, EmbeddingCache, Profile, SummaryCache, build_profile, generate_summary, habits_text, item_text
 
 RETRIEVAL_WINDOW = 256  # most recent items considered for retrieval: bounds latency for huge histories
 
@@ -131,8 +131,9 @@ class Client:
 
         k = top_k if top_k is not None else int(self.hypernet.card.profile.get("top_k", 2))
         vecs = self.embeddings.encode(self.encoder.encode, [item_text(it) for it in history.items], history.sha256)
+        habits = habits_text(history.label_counts, history.rating_sum, history.rating_count)
         profile = build_profile(self.encoder, history.items, summary=summ, summary_source=source, top_k=k,
-                                item_vecs=vecs)
+                                item_vecs=vecs, habits=habits)
         t3 = time.perf_counter()
         T["encode"] = (t3 - t2) * 1e3
 

@@ -17,7 +17,7 @@ import numpy as np
 from .fileio import atomic_write_bytes, atomic_write_text, ensure_private_dir
 from .paths import PROMPTS_DIR, cache_dir
 
-PROFILE_FORMAT = "summary+top-k/1"
+PROFILE_FORMAT = "habits+summary+top-k/2"
 SUMMARY_CHARS = 480       # the encoder reads at most 256 tokens: keep summary + k items inside that
 ITEM_CHARS = 280
 SUMMARY_ITEM_CHARS = 240  # per item, inside the summary prompt
@@ -53,9 +53,35 @@ def item_text(item: Any, max_chars: int = ITEM_CHARS) -> str:
     return " ".join(parts)
 
 
-def profile_text(summary: str | None, retrieved: Sequence[Any]) -> str:
-    """The profile as encoded into the hypernet's input vector."""
+def habits_text(label_counts: dict[str, int] | None, rating_sum: float = 0.0, rating_count: int = 0) -> str | None:
+    """The user's habits in one short line: most used labels and average rating (None if neither exists).
+    Cheap, exact statistics of the whole history; the summary of a tiny LLM cannot be trusted to carry them."""
+    parts = []
+    if label_counts:
+        top = sorted(label_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        parts.append("most used categories " + ", ".join(f"{_clip(k, 30)} ({v})" for k, v in top))
+    if rating_count:
+        parts.append(f"average rating {rating_sum / rating_count:.1f} over {rating_count} ratings")
+    return "; ".join(parts) or None
+
+
+def item_habits(items: Sequence[Any]) -> str | None:
+    """habits_text over a list of items (training side; the client uses History's streamed counts)."""
+    labels: dict[str, int] = {}
+    rs, rc = 0.0, 0
+    for it in items:
+        if _get(it, "label"):
+            labels[str(_get(it, "label"))] = labels.get(str(_get(it, "label")), 0) + 1
+        if _get(it, "rating") is not None:
+            rs, rc = rs + float(_get(it, "rating")), rc + 1
+    return habits_text(labels, rs, rc)
+
+
+def profile_text(summary: str | None, retrieved: Sequence[Any], habits: str | None = None) -> str:
+    """The profile as encoded into the hypernet's input vector (habits first: the encoder reads 256 tokens)."""
     lines = []
+    if habits:
+        lines.append(f"Habits: {habits}")
     if summary:
         lines.append(f"About this user: {_clip(summary, SUMMARY_CHARS)}")
     for i, item in enumerate(retrieved, 1):
@@ -194,6 +220,7 @@ def build_profile(
     summary_source: str,
     top_k: int = 2,
     item_vecs: np.ndarray | None = None,
+    habits: str | None = None,
 ) -> Profile:
     """Retrieve the top-k items for the summary, write the profile text and encode it into one vector."""
     t0 = time.perf_counter()
@@ -204,7 +231,7 @@ def build_profile(
     query = encoder.encode([summary])[0] if summary else None
     idx = retrieve(query, item_vecs, top_k)
     retrieved = [items[i] for i in idx]
-    text = profile_text(summary, retrieved)
+    text = profile_text(summary, retrieved, habits)
     emb = encoder.encode([text])[0]
     t2 = time.perf_counter()
     return Profile(

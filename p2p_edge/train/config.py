@@ -19,6 +19,7 @@ class ProfilesCfg:
     top_k: int = 2
     query_items: dict = field(default_factory=dict)  # dataset name -> last items per user reserved as queries
     default_query_items: int = 2
+    max_users: dict = field(default_factory=dict)     # dataset name -> deterministic subsample size (0/absent = all)
     summaries_dir: str = "../runs/profiles"
     variant: str = "full"     # full | summary_only | retrieval_only (ablations)
 

@@ -261,7 +261,7 @@ def run(config_path: Path, *, log=print) -> Path:
     atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
     encoder = Encoder()
     log("building per-user profiles and examples…")
-    corpus = load_corpus(cfg, encoder)
+    corpus = load_corpus(cfg, encoder, max_users=cfg.profiles.max_users)
     save_splits(out_dir / "splits.json", corpus.splits)
     index = corpus.index()
     model, tok, base_meta = load_base(cfg)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..paths import PROMPTS_DIR
-from ..profile import generate_summary, item_text, profile_text, retrieve
+from ..profile import generate_summary, item_habits, item_text, profile_text, retrieve
 
 VARIANTS = ("full", "summary_only", "retrieval_only")
 
@@ -109,9 +109,10 @@ def embed_profiles(encoder, users: list[dict], query_items: int, summaries: dict
         q = encoder.encode([summ])[0] if summ else None
         top = [items[i] for i in retrieve(q, vecs, top_k)]
         recent = [items[i] for i in retrieve(None, vecs, top_k)]
-        texts["full"].append(profile_text(summ, top))
-        texts["summary_only"].append(profile_text(summ, []))
-        texts["retrieval_only"].append(profile_text(None, recent))
+        habits = item_habits(items)
+        texts["full"].append(profile_text(summ, top, habits))
+        texts["summary_only"].append(profile_text(summ, [], habits))
+        texts["retrieval_only"].append(profile_text(None, recent, habits))
     return {v: encoder.encode(t) for v, t in texts.items()}
 
 

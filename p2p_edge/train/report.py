@@ -1,0 +1,130 @@
+"""Evaluate a trained hypernet against its controls on held-out users of both splits, and export it.
+
+    python -m p2p_edge.train.report --config configs/train_default.toml \
+        --p2p runs/p2p/last.pt --mt-lora runs/mt_lora/last.pt --out runs/report
+
+Methods (all answered by llama.cpp on the same queries with the same greedy decoding):
+base (no adapter), prior (best non-LLM user rule, picked on validation users), mt_lora (one shared LoRA,
+same data and steps), p2p (the user's own profile), p2p_shuffled (another test user's profile), and with
+--ablations p2p_summary_only / p2p_retrieval_only (profile variants fed to the same hypernet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..adapter import LoraWeights, write_adapter
+from ..evaluate import (derangement, hypernet_adapters, paired_diff, prior_answers, run_adapter_method,
+                        to_json, user_metric_table)
+from ..fileio import atomic_write_text, ensure_private_dir
+
+COMPARE = ("mt_lora", "p2p_shuffled", "base", "prior")
+
+
+def shared_lora_weights(ckpt_path: Path) -> LoraWeights:
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    sd, cfg = ck["state_dict"], ck["config"]
+    mods = list(cfg["module_shapes"])
+    return LoraWeights(rank=cfg["rank"], alpha=cfg["alpha"],
+                       a={m: sd[f"a.{m}"].float().numpy() for m in mods},
+                       b={m: sd[f"b.{m}"].float().numpy() for m in mods})
+
+
+def limit_queries(corpus, uids: list[str], per_user_task: int) -> None:
+    """Keep each eval user's most recent `per_user_task` queries per task (bounds CPU time; users weigh equally)."""
+    if per_user_task <= 0:
+        return
+    for u in uids:
+        kept, seen = [], {}
+        for ex in reversed(corpus.examples[u]):
+            seen[ex.task] = seen.get(ex.task, 0) + 1
+            if seen[ex.task] <= per_user_task:
+                kept.append(ex)
+        corpus.examples[u] = kept[::-1]
+
+
+def main(argv=None) -> int:
+    from export.hypernet import export as export_hypernet
+
+    from ..encoder import Encoder
+    from ..hypernet import Hypernet
+    from ..runtime import LocalLLM
+    from .config import load_config
+    from .dataset import load_corpus
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--p2p", type=Path, required=True, help="hypernet checkpoint (last.pt)")
+    ap.add_argument("--mt-lora", type=Path, required=True, help="MT-LoRA checkpoint (last.pt)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--queries-per-user-task", type=int, default=4)
+    ap.add_argument("--ablations", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    t0 = time.time()
+    cfg = load_config(args.config)
+    out = ensure_private_dir(args.out)
+    encoder = Encoder(threads=args.threads)
+    corpus = load_corpus(cfg, encoder, max_users=cfg.profiles.max_users)
+    index = corpus.index()
+
+    export_hypernet(args.p2p, out / "hypernet.onnx")
+    hyper = Hypernet(out / "hypernet.onnx")
+    llm = LocalLLM(n_threads=args.threads)
+    hyper.card.check_base(llm.spec)
+    mt_path = write_adapter(out / "mt_lora.gguf", shared_lora_weights(args.mt_lora), llm.spec, dtype="f16")
+
+    test_uids = sorted(set(corpus.splits["random"]["test"]) | set(corpus.splits["ood"]["test"]))
+    limit_queries(corpus, test_uids, args.queries_per_user_task)
+    log = lambda m: print(f"[{time.time() - t0:7.0f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
+
+    # Answers that do not depend on the split are computed once for the union of both splits' test users.
+    shared: dict[str, dict] = {}
+    log(f"{len(test_uids)} test users (both splits), {sum(len(corpus.examples[u]) for u in test_uids)} queries each method")
+    shared["base"] = run_adapter_method(llm, corpus, test_uids, lambda u, t: None)
+    log("base done")
+    shared["mt_lora"] = run_adapter_method(llm, corpus, test_uids, lambda u, t: mt_path)
+    log("mt_lora done")
+    shared["p2p"] = run_adapter_method(llm, corpus, test_uids, hypernet_adapters(hyper, llm.spec, corpus.emb["full"], index))
+    log("p2p done")
+    if args.ablations:
+        for v in ("summary_only", "retrieval_only"):
+            shared[f"p2p_{v}"] = run_adapter_method(llm, corpus, test_uids,
+                                                    hypernet_adapters(hyper, llm.spec, corpus.emb[v], index))
+            log(f"p2p_{v} done")
+
+    results = {"config": str(args.config), "checkpoints": {"p2p": str(args.p2p), "mt_lora": str(args.mt_lora)},
+               "queries_per_user_task": args.queries_per_user_task, "splits": {}}
+    for split in ("random", "ood"):
+        uids = corpus.splits[split]["test"]
+        ans = {m: {u: a[u] for u in uids} for m, a in shared.items()}
+        ans["p2p_shuffled"] = run_adapter_method(
+            llm, corpus, uids, hypernet_adapters(hyper, llm.spec, corpus.emb["full"], index, donor=derangement(uids, seed=1)))
+        train_u = corpus.part("both", "train")
+        val_u = corpus.splits[split]["val"]
+        ans["prior"] = prior_answers(corpus, uids, train_u, val_u)
+        log(f"{split}: shuffled + prior done")
+        table = user_metric_table(ans, corpus.tasks)
+        diffs = {f"p2p-{b}": paired_diff(ans, "p2p", b, corpus.tasks) for b in COMPARE if b in ans}
+        results["splits"][split] = {
+            "n_test_users": len(uids),
+            "methods": to_json(table),
+            "paired_diffs": to_json(diffs),
+        }
+        atomic_write_text(out / f"answers_{split}.json", json.dumps(ans))
+    results["wall_s"] = round(time.time() - t0, 1)
+    atomic_write_text(out / "metrics.json", json.dumps(results, indent=2) + "\n")
+    log(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

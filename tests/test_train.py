@@ -1,0 +1,170 @@
+"""Training on a tiny random llama: the SFT loss reaches the hypernet, and per-user profiles give per-user LoRAs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from p2p_edge.train.config import Config, HypernetCfg, TrainCfg, load_config  # noqa: E402
+from p2p_edge.train.loop import Row, SharedLora, collate, encode_example, sft_loss, train  # noqa: E402
+from p2p_edge.train.model import HyperNet, HyperNetConfig, LoraInjector  # noqa: E402
+
+WORDS = "review write a title for this the guitar bread strings red blue good bad 1 2 3 4 5".split()
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "user", "assistant", ":", "\n"]
+    vocab = {w: i for i, w in enumerate(specials + WORDS)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit()])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>",
+                                  additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    tok.chat_template = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+    tok.eos_token = "<|im_end|>"
+    return tok
+
+
+def tiny_llama(vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).requires_grad_(False).eval()
+
+
+def tiny_cfg(tmp_path: Path, **train_kw) -> Config:
+    kw = dict(steps=60, batch_size=4, lr=3e-3, warmup=5, eval_every=30, save_every=30, val_examples=4,
+              max_len=32, mixed_precision="no", threads=1)
+    kw.update(train_kw)
+    return Config(out_dir=str(tmp_path), hypernet=HypernetCfg(hidden=32, dropout=0.0, a_init_scale=1.0),
+                  train=TrainCfg(**kw))
+
+
+def two_user_rows(tok):
+    """Same prompt, different targets: only the profile can tell the users apart."""
+    a = encode_example(tok, "write a title for this review", "red", 32)
+    b = encode_example(tok, "write a title for this review", "blue", 32)
+    return [Row(*a, user=0), Row(*b, user=1)] * 4
+
+
+def first_target_logits(model, tok, gen, emb, row):
+    inj = LoraInjector(model, gen.cfg.modules, gen.cfg.alpha, gen.cfg.rank)
+    ids = torch.tensor([row.ids])
+    pos = next(i for i, l in enumerate(row.labels) if l != -100) - 1
+    with torch.no_grad(), inj.use(gen(torch.from_numpy(emb[row.user : row.user + 1]))):
+        out = model(input_ids=ids).logits[0, pos]
+    inj.remove()
+    return out
+
+
+def test_encode_example_masks_prompt():
+    tok = tiny_tokenizer()
+    ids, labels = encode_example(tok, "write a title for this review", "red", 32)
+    assert len(ids) == len(labels)
+    tgt = [i for i, l in zip(ids, labels) if l != -100]
+    assert tok.decode(tgt).split() == ["red", "<|im_end|>"]
+    # an over-long prompt is cut but the target survives whole
+    ids, labels = encode_example(tok, "review " * 100 + "write a title", "red", 24)
+    assert len(ids) <= 24 and [l for l in labels if l != -100] == tgt
+
+
+def test_one_step_reduces_loss_on_fixed_batch():
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    hc = HyperNetConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (32, 32), "v_proj": (32, 16)},
+                        hidden=32, dropout=0.0, a_init_scale=1.0)
+    gen = HyperNet(hc)
+    inj = LoraInjector(model, hc.modules, hc.alpha, hc.rank)
+    emb = torch.randn(2, 8)
+    batch = collate(two_user_rows(tok), tok.pad_token_id)
+    opt = torch.optim.AdamW(gen.parameters(), lr=1e-2)
+    before = float(sft_loss(model, inj, gen, emb, batch))
+    loss = sft_loss(model, inj, gen, emb, batch)
+    loss.backward()
+    assert all(p.grad is None for p in model.parameters())  # base frozen
+    assert gen.head_b["q_proj"].weight.grad.abs().sum() > 0   # gradient reaches the hypernet
+    opt.step()
+    after = float(sft_loss(model, inj, gen, emb, batch))
+    assert after < before
+
+
+def test_hypernet_separates_two_users(tmp_path):
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    rows = two_user_rows(tok)
+    emb = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    cfg = tiny_cfg(tmp_path, steps=80)
+    gen = train(cfg, model, tok, rows, rows[:2], emb, out_dir=tmp_path, meta={}, progress=False, log=lambda *_: None)
+    gen.eval()
+    red, blue = tok.convert_tokens_to_ids("red"), tok.convert_tokens_to_ids("blue")
+    la = first_target_logits(model, tok, gen, emb, rows[0])
+    lb = first_target_logits(model, tok, gen, emb, rows[1])
+    assert la[red] > la[blue] and lb[blue] > lb[red]
+    # the log and a resumable checkpoint exist
+    log = [json.loads(line) for line in open(tmp_path / "train_log.jsonl")]
+    assert log[-1]["step"] == 80 and "val_loss" in log[-1]
+    ck = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert ck["step"] == 80 and ck["method"] == "p2p"
+
+
+def test_shared_lora_cannot_separate_users(tmp_path):
+    """The MT-LoRA control gives every user the same LoRA, so it cannot tell the two users apart."""
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    rows = two_user_rows(tok)
+    emb = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    gen = train(tiny_cfg(tmp_path, steps=20, method="mt_lora"), model, tok, rows, rows[:2], emb,
+                out_dir=tmp_path, meta={}, progress=False, log=lambda *_: None)
+    assert isinstance(gen, SharedLora)
+    la = first_target_logits(model, tok, gen, emb, rows[0])
+    lb = first_target_logits(model, tok, gen, emb, rows[1])
+    assert torch.allclose(la, lb)
+
+
+def test_resume_continues_from_checkpoint(tmp_path):
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    rows = two_user_rows(tok)
+    emb = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    train(tiny_cfg(tmp_path, steps=10, save_every=5), model, tok, rows, rows[:2], emb, out_dir=tmp_path, meta={},
+          progress=False, log=lambda *_: None)
+    msgs = []
+    train(tiny_cfg(tmp_path, steps=15, save_every=5), model, tok, rows, rows[:2], emb, out_dir=tmp_path, meta={},
+          progress=False, log=msgs.append)
+    assert any("resumed" in m and "step 10" in m for m in msgs)
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "train_log.jsonl")]
+    assert steps == list(range(1, 16))
+
+
+def test_config_errors_name_the_key(tmp_path):
+    from p2p_edge.errors import InputError
+
+    p = tmp_path / "c.toml"
+    p.write_text('[train]\nstepz = 3\n')
+    with pytest.raises(InputError, match="train.stepz"):
+        load_config(p)
+    p.write_text('[train]\nsteps = "many"\n')
+    with pytest.raises(InputError, match="train.steps"):
+        load_config(p)
+    p.write_text('[train]\nmethod = "oppu"\n')
+    with pytest.raises(InputError, match="train.method"):
+        load_config(p)
+    p.write_text('split = [\n')
+    with pytest.raises(InputError, match="invalid TOML"):
+        load_config(p)
+
+
+def test_default_config_parses():
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "train_default.toml")
+    assert cfg.train.method == "p2p" and cfg.hypernet.rank == 8 and set(cfg.tasks) >= {"news_category", "amazon_rating"}
