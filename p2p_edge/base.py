@@ -74,13 +74,38 @@ def file_sha256(path: Path, cache: Path | None = None) -> str:
     return digest
 
 
-def read_base_spec(path: Path, sha256_cache: Path | None = None) -> BaseSpec:
-    """Read architecture facts from a base model GGUF's metadata (no weights are loaded)."""
-    from gguf import GGUFReader
+def _spec_cache_key(path: Path) -> str:
+    st = path.stat()
+    return f"spec|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
+
+def read_base_spec(path: Path, sha256_cache: Path | None = None) -> BaseSpec:
+    """Architecture facts from a base model GGUF's metadata (no weights are loaded).
+
+    gguf-py parses every metadata array (the 49k-entry tokenizer) to reach six scalars, ~2 s: the result is
+    cached beside the file hash, keyed by (path, size, mtime), so only the first run per model pays it."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: base model file not found")
+    if sha256_cache is not None and sha256_cache.is_file():
+        try:
+            return BaseSpec(**json.loads(json.loads(sha256_cache.read_text())[_spec_cache_key(path)]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    spec = _read_spec(path, sha256_cache)
+    if sha256_cache is not None:
+        try:
+            known = json.loads(sha256_cache.read_text()) if sha256_cache.is_file() else {}
+            known[_spec_cache_key(path)] = json.dumps(spec.to_dict())
+            atomic_write_text(sha256_cache, json.dumps(known))
+        except (OSError, ValueError):
+            pass  # a cache we cannot write is only slower
+    return spec
+
+
+def _read_spec(path: Path, sha256_cache: Path | None) -> BaseSpec:
+    from gguf import GGUFReader
+
     try:
         reader = GGUFReader(str(path), "r")
     except Exception as e:  # gguf raises ValueError/struct errors on junk

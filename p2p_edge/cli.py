@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -76,7 +77,7 @@ def personalize(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
 ):
     """Build a personal LoRA adapter (adapter.gguf) and profile (profile.json) from a history file."""
-    from .personalize import Client, check_hypernet_exists, read_summary_arg, user_dir, user_id_for
+    from .personalize import Client, check_hypernet_exists, read_history, read_summary_arg, user_dir, user_id_for
 
     if summary is not None and no_summary:
         raise P2PError("--summary and --no-summary exclude each other")
@@ -85,8 +86,12 @@ def personalize(
     given = read_summary_arg(summary) if summary is not None else None
     check_hypernet_exists(hypernet)
     out_dir = out or user_dir(user or user_id_for(history))
+    t = time.perf_counter()
+    hist = read_history(history)  # bad input fails fast, before any model is loaded
+    read_ms = (time.perf_counter() - t) * 1e3
     client = Client(hypernet_path=hypernet, base_model=base_model, threads=threads)
-    res = client.personalize(history, out_dir, summary=given, no_summary=no_summary, top_k=top_k, dtype=dtype)
+    res = client.personalize(hist, out_dir, summary=given, no_summary=no_summary, top_k=top_k, dtype=dtype,
+                             read_ms=read_ms)
     t = {k: round(v, 2) for k, v in res.timings_ms.items()}
     if as_json:
         typer.echo(json.dumps({

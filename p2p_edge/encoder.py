@@ -49,6 +49,12 @@ class Encoder:
         except Exception as e:
             raise ModelFileError(f"{self.dir / 'model.onnx'}: cannot load encoder ONNX ({e})") from None
         self._inputs = {i.name for i in self.session.get_inputs()}
+        model_path = self.dir / "model.onnx"
+        if not {"input_ids", "attention_mask"} <= self._inputs:
+            raise ModelFileError(f"{model_path}: not a sentence encoder (inputs {sorted(self._inputs)})")
+        out_dim = self.session.get_outputs()[0].shape[-1]
+        if isinstance(out_dim, int) and out_dim != self.dim:
+            raise ModelFileError(f"{card_path}: says dim {self.dim} but {model_path.name} outputs {out_dim}")
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """(len(texts), dim) float32, unit-norm rows."""

@@ -16,12 +16,17 @@ DIR_MODE = 0o700
 
 
 def ensure_private_dir(path: Path) -> Path:
+    """Create `path` (and parents) with mode 0700; an existing directory's mode is left as the user set it."""
     path = Path(path)
+    if path.is_dir():
+        return path
+    missing = [p for p in [path, *path.parents] if not p.exists()]
     path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-    try:
-        os.chmod(path, DIR_MODE)
-    except PermissionError:
-        pass
+    for p in missing:  # mkdir's mode is filtered by the umask: set it exactly on what we created
+        try:
+            os.chmod(p, DIR_MODE)
+        except OSError:
+            pass
     return path
 
 

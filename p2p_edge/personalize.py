@@ -49,12 +49,16 @@ def user_id_for(history_path: Path) -> str:
 
 
 def read_summary_arg(value: str) -> str:
-    """--summary takes literal text or a path to a UTF-8 text file."""
+    """--summary takes literal text or a path to a UTF-8 text file (a path-like value that is not a file is an
+    error rather than a one-word summary: `--summary sumary.txt` must not silently become the summary)."""
     p = Path(value)
     try:
         is_file = p.is_file()
     except OSError:
         is_file = False
+    looks_like_path = " " not in value.strip() and ("/" in value or p.suffix.lower() in (".txt", ".md", ".json"))
+    if not is_file and looks_like_path:
+        raise InputError(p, "summary file not found (give a file path or the summary text itself)")
     if is_file:
         try:
             text = p.read_text(encoding="utf-8").strip()
@@ -79,6 +83,11 @@ def output_lock(out_dir: Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_history(path: Path) -> History:
+    """Validate and load a history (the most recent RETRIEVAL_WINDOW items are kept; counts cover all)."""
+    return load_history(path, keep_last=RETRIEVAL_WINDOW)
 
 
 class Client:
@@ -111,14 +120,18 @@ class Client:
         self.summaries.put(key, text, history.sha256)
         return text, "generated"
 
-    def personalize(self, history_path: Path, out_dir: Path, *, summary: str | None = None,
+    def personalize(self, history: Path | History, out_dir: Path, *, summary: str | None = None,
                     no_summary: bool = False, top_k: int | None = None, dtype: str = "f16",
-                    load_check: bool = True) -> Result:
+                    load_check: bool = True, read_ms: float | None = None) -> Result:
+        """`history`: a path, or a History already validated by `read_history` (pass the time it took as read_ms)."""
         T = {}
-        t0 = time.perf_counter()
-        history = load_history(history_path, keep_last=RETRIEVAL_WINDOW)
         t1 = time.perf_counter()
-        T["read"] = (t1 - t0) * 1e3
+        if not isinstance(history, History):
+            history = read_history(history)
+            read_ms = (time.perf_counter() - t1) * 1e3
+            t1 = time.perf_counter()
+        T["read"] = read_ms or 0.0
+        t0 = t1 - T["read"] / 1e3
 
         if no_summary:
             summ, source = None, "none"

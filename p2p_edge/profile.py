@@ -189,7 +189,7 @@ class EmbeddingCache:
             try:
                 with np.load(path) as z:
                     known = dict(zip(z["keys"].tolist(), z["vecs"]))
-            except (OSError, ValueError, KeyError):
+            except Exception:  # a damaged cache (empty, truncated, junk zip) is only a miss: re-encode
                 known = {}
         missing = [i for i, k in enumerate(keys) if k not in known]
         if missing:

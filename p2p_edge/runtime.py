@@ -105,7 +105,9 @@ class LocalLLM:
         """Logits after `token_ids`, from a clean KV state."""
         self.llm.reset()
         self.llm.eval(token_ids)
-        return np.array(self.llm.scores[len(token_ids) - 1], dtype=np.float32)
+        # Llama.scores is only filled with logits_all=True (a 400 MB buffer): read the context's last row instead.
+        ptr = self._lc.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).astype(np.float32, copy=True)
 
     def tokens_per_second(self, prompt: str, n_tokens: int = 64) -> float:
         self.llm.reset()

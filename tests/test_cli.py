@@ -83,7 +83,8 @@ def hyp(random_hypernet_path) -> Path:
     return random_hypernet_path
 
 
-def check_outputs(out: Path, doc: dict, base_spec, encoder_dir: Path, history: Path = EXAMPLE_HISTORY) -> dict:
+def check_outputs(out: Path, doc: dict, base_spec, encoder_dir: Path, history: Path = EXAMPLE_HISTORY,
+                  dir_mode: int = 0o700) -> dict:
     """The one JSON object printed by --json, and the files it names."""
     from p2p_edge.adapter import read_adapter
 
@@ -91,7 +92,7 @@ def check_outputs(out: Path, doc: dict, base_spec, encoder_dir: Path, history: P
     adapter, prof_path = Path(doc["adapter"]), Path(doc["profile"])
     assert adapter == out / "adapter.gguf" and prof_path == out / "profile.json"
     assert adapter.is_file() and prof_path.is_file()
-    assert mode(adapter) == 0o600 and mode(prof_path) == 0o600 and mode(out) == 0o700
+    assert mode(adapter) == 0o600 and mode(prof_path) == 0o600 and mode(out) == dir_mode
     t = doc["timings_ms"]
     assert TIMING_KEYS <= set(t) and all(isinstance(v, (int, float)) and v >= 0 for v in t.values())
     assert t["total"] + 0.1 >= t["encode"] + t["hypernet"] + t["write"]
@@ -137,7 +138,8 @@ def test_personalize_twice_overwrites_privately(shared_llm, hyp, tmp_path, base_
     os.chmod(out, 0o755)
     r = invoke("personalize", EXAMPLE_HISTORY, "--hypernet", hyp, "--summary", SUMMARY, "--json", "--out", out)
     assert r.exit_code == 0, r.output
-    check_outputs(out, json.loads(r.stdout), base_spec, encoder_dir)
+    # files are private; a directory the user made keeps the mode the user gave it (--out ~/Desktop is not chmodded)
+    check_outputs(out, json.loads(r.stdout), base_spec, encoder_dir, dir_mode=0o755)
 
 
 def test_summary_from_file(shared_llm, hyp, tmp_path):

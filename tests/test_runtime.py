@@ -268,8 +268,6 @@ def _assert_refused(llm, toks, path, base_logits, monkeypatch) -> str:
     return msg
 
 
-@pytest.mark.xfail(strict=True, reason="runtime.py LocalLLM.last_logits reads Llama.scores, which "
-                                       "llama-cpp-python 0.3.x leaves at zero unless logits_all=True")
 def test_last_logits_returns_the_real_logits(llm, toks, loaded, base_logits):
     llm.use(None)
     np.testing.assert_allclose(llm.last_logits(toks), base_logits)
