@@ -11,7 +11,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -150,9 +150,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
     mp = t.mixed_precision if t.mixed_precision != "fp16" or torch.cuda.is_available() else "no"
     acc = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
     hcfg = HyperNetConfig(emb_dim=emb.shape[1], n_layers=len(model.model.layers), module_shapes=module_shapes(model),
-                          rank=cfg.hypernet.rank, alpha=cfg.hypernet.alpha, hidden=cfg.hypernet.hidden,
-                          dropout=cfg.hypernet.dropout, a_init_scale=cfg.hypernet.a_init_scale,
-                          type_emb_dim=cfg.hypernet.type_emb_dim, depth_emb_dim=cfg.hypernet.depth_emb_dim)
+                          **asdict(cfg.hypernet))
     gen = HyperNet(hcfg) if t.method == "p2p" else SharedLora(hcfg)
     opt = torch.optim.AdamW(gen.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     out_dir = ensure_private_dir(out_dir)

@@ -50,6 +50,45 @@ def limit_queries(corpus, uids: list[str], per_user_task: int) -> None:
         corpus.examples[u] = kept[::-1]
 
 
+METHOD_ORDER = ("base", "prior", "mt_lora", "p2p", "p2p_shuffled", "p2p_summary_only", "p2p_retrieval_only")
+
+
+def _fmt(d: dict, m: str) -> str:
+    if m not in d:
+        return "–"
+    lo, hi = d[f"{m}_ci"]
+    return f"{d[m]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def render_markdown(results: dict) -> str:
+    """Tables per split: every method on every task's metrics, then paired P2P differences."""
+    lines = ["# Shipped hypernet: held-out users", "",
+             f"Queries: each test user's {results['queries_per_user_task']} most recent reserved items per task; "
+             "values are pooled within users; [95% CI] resamples users (1000 bootstrap draws).", ""]
+    for split, r in results["splits"].items():
+        lines += [f"## {split} split ({r['n_test_users']} test users)", ""]
+        methods = [m for m in METHOD_ORDER if m in r["methods"]]
+        tasks = sorted({t for m in methods for t in r["methods"][m]})
+        for task in tasks:
+            mets = [k for k in r["methods"]["p2p"].get(task, {}) if not k.endswith("_ci") and k not in ("n_users", "n_examples")]
+            n = r["methods"]["p2p"][task]
+            lines += [f"**{task}** ({n['n_users']} users, {n['n_examples']} queries)", "",
+                      "| method | " + " | ".join(mets) + " |", "|---|" + "---:|" * len(mets)]
+            for m in methods:
+                d = r["methods"][m].get(task, {})
+                lines.append(f"| {m} | " + " | ".join(_fmt(d, k) for k in mets) + " |")
+            lines.append("")
+        lines += ["Paired differences, P2P minus each method (positive = P2P higher; for mae/rmse lower is better):", "",
+                  "| comparison | task | metric | difference [95% CI] |", "|---|---|---|---:|"]
+        for comp, by_task in r["paired_diffs"].items():
+            for task, d in by_task.items():
+                for k in d:
+                    if not k.endswith("_ci") and k != "parse_rate":
+                        lines.append(f"| {comp} | {task} | {k} | {_fmt(d, k)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     from export.hypernet import export as export_hypernet
 
@@ -122,6 +161,7 @@ def main(argv=None) -> int:
         atomic_write_text(out / f"answers_{split}.json", json.dumps(ans))
     results["wall_s"] = round(time.time() - t0, 1)
     atomic_write_text(out / "metrics.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "report.md", render_markdown(results))
     log(f"wrote {out / 'metrics.json'}")
     return 0
 
