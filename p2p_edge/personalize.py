@@ -124,14 +124,12 @@ class Client:
                     no_summary: bool = False, top_k: int | None = None, dtype: str = "f16",
                     load_check: bool = True, read_ms: float | None = None) -> Result:
         """`history`: a path, or a History already validated by `read_history` (pass the time it took as read_ms)."""
-        T = {}
-        t1 = time.perf_counter()
         if not isinstance(history, History):
+            t = time.perf_counter()
             history = read_history(history)
-            read_ms = (time.perf_counter() - t1) * 1e3
-            t1 = time.perf_counter()
-        T["read"] = read_ms or 0.0
-        t0 = t1 - T["read"] / 1e3
+            read_ms = (time.perf_counter() - t) * 1e3
+        T = {"read": read_ms or 0.0}
+        t1 = time.perf_counter()
 
         if no_summary:
             summ, source = None, "none"
@@ -168,7 +166,7 @@ class Client:
                 self.llm.free(ad)
             t6 = time.perf_counter()
             T["load"] = (t6 - t5) * 1e3
-            T["total"] = (t6 - t0) * 1e3
+            T["total"] = sum(T.values())
             doc = self._profile_doc(history, profile, adapter_path, T, top_k=k)
             atomic_write_text(profile_path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
         return Result(adapter_path, profile_path, profile, history, T, adapter_path.stat().st_size)
