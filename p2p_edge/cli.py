@@ -154,6 +154,21 @@ def train(
 
 @app.command()
 @friendly_errors
+def forget(
+    history: Optional[Path] = typer.Argument(None, help="The history file whose adapter, profile and caches to delete."),
+    user: Optional[str] = typer.Option(None, "--user", help="Delete this user id's adapter and profile (and caches)."),
+):
+    """Delete a user's adapter, profile.json, cached summary and cached item vectors."""
+    from .personalize import forget_user
+
+    if (history is None) == (user is None):
+        raise P2PError("give either a history file or --user ID")
+    for line in forget_user(history=history, user=user):
+        typer.echo(line)
+
+
+@app.command()
+@friendly_errors
 def info():
     """Show where the base model, encoder, hypernet and user data live."""
     from .hypernet import DEFAULT_HYPERNET

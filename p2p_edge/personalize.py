@@ -200,3 +200,43 @@ def check_hypernet_exists(path: Path | None) -> None:
     p = Path(path or DEFAULT_HYPERNET)
     if not p.is_file():
         raise ModelFileError(f"{p}: hypernet not found (pass --hypernet PATH, or reinstall p2p-edge for the shipped default)")
+
+
+def forget_user(*, history: Path | None = None, user: str | None = None) -> list[str]:
+    """Delete what p2p-edge wrote for a user: the per-user dir (adapter, profile) and the caches derived from
+    the history (summary, item vectors). The history file itself is the user's and is never touched."""
+    import hashlib
+    import shutil
+
+    from .profile import EmbeddingCache, SummaryCache
+
+    uid = user or user_id_for(history)
+    shas = set()
+    d = user_dir(uid)
+    prof = d / "profile.json"
+    if prof.is_file():
+        try:
+            shas.add(json.loads(prof.read_text(encoding="utf-8"))["history"]["sha256"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    if history is not None:
+        if not Path(history).is_file():
+            raise InputError(history, "history file not found (use --user ID to forget by user id)")
+        h = hashlib.sha256()
+        with open(history, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        shas.add(h.hexdigest())
+    done = []
+    if d.is_dir():
+        shutil.rmtree(d)
+        done.append(f"deleted {d}")
+    n = 0
+    for sha in shas:
+        # any encoder id: the deletion covers every encoder's cache dir
+        n += SummaryCache().delete_for_history(sha) + EmbeddingCache("").delete_for_history(sha)
+    done.append(f"deleted {n} cached file(s)")
+    if len(done) == 1 and n == 0:
+        done = [f"nothing stored for user '{uid}'"]
+    return done
+

@@ -205,11 +205,13 @@ class EmbeddingCache:
         return np.stack([known[k] for k in keys]).astype(np.float32)
 
     def delete_for_history(self, history_sha: str) -> int:
-        p = self._path(history_sha)
-        if p.is_file():
+        """Delete this history's item vectors under EVERY encoder's cache dir; returns how many files."""
+        base = self.root.parent
+        n = 0
+        for p in base.glob(f"*/{history_sha[:32]}.npz") if base.is_dir() else []:
             p.unlink()
-            return 1
-        return 0
+            n += 1
+        return n
 
 
 def build_profile(
