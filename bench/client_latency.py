@@ -44,13 +44,21 @@ def make_history(src: Path, n: int, dest: Path) -> Path:
 
 
 def tokens_per_second(llm, adapter, prompt: str, n: int = 64, repeats: int = 3) -> float:
+    """Decode speed over exactly n tokens: end-of-turn/EOS are banned so an adapter that answers tersely is not
+    mistaken for a slow one, and the prompt is evaluated before the clock starts."""
     llm.use(adapter)
+    ban = {llm.llm.token_eos(): -1e9}
+    for t in llm.llm.tokenize(b"<|im_end|>", add_bos=False, special=True):
+        ban[t] = -1e9
     speeds = []
     for _ in range(repeats):
         llm.llm.reset()
-        t = time.perf_counter()
-        out = llm.llm.create_completion(prompt, max_tokens=n, temperature=0.0)
-        speeds.append(out["usage"]["completion_tokens"] / (time.perf_counter() - t))
+        stream = llm.llm.create_completion(prompt, max_tokens=n + 1, temperature=0.0, logit_bias=ban, stream=True)
+        next(stream)  # first token: includes the prompt's evaluation
+        t, k = time.perf_counter(), 0
+        for _ in stream:
+            k += 1
+        speeds.append(k / (time.perf_counter() - t))
     return statistics.median(speeds)
 
 
@@ -64,9 +72,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 
+    from p2p_edge.paths import encoder_dir
     from p2p_edge.personalize import Client
 
     tmp = Path(tempfile.mkdtemp(prefix="p2p-lat-"))
+    os.environ["P2P_EDGE_ENCODER"] = str(encoder_dir())  # the installed encoder, found before the home moves
     os.environ["P2P_EDGE_HOME"] = str(tmp / "home")  # fresh caches: the first run is cold
     hist = make_history(args.history, args.items, tmp / "history.jsonl")
     t = time.perf_counter()
@@ -118,7 +128,7 @@ def main(argv=None) -> int:
         md.append(f"| {k} | {res['cold_ms'][k]:.1f} | {res['warm_ms_median'][k]:.1f} |")
     md += ["", f"- hypernet + write + load (warm): **{res['warm_hypernet_write_load_ms']:.1f} ms**; adapter load alone "
            f"{res['adapter_load_ms_median']:.2f} ms; adapter file {res['adapter_bytes'] / 1e6:.2f} MB (f16)",
-           f"- generation, 64 tokens greedy: base {base_tps:.1f} tok/s, with adapter {lora_tps:.1f} tok/s, base again "
+           f"- decode speed, 64 tokens greedy after the prompt: base {base_tps:.1f} tok/s, with adapter {lora_tps:.1f} tok/s, base again "
            f"{base_tps2:.1f} tok/s → adapter overhead {res['adapter_overhead_pct']:.1f}%",
            f"- peak RSS of the client process: {res['peak_rss_mb']:.0f} MB", ""]
     (args.out / "client_latency.md").write_text("\n".join(md))

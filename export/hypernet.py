@@ -100,8 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--fp16", action="store_true", help="store weights as float16 (inputs/outputs stay float32)")
     ap.add_argument("--metrics", type=Path, help="JSON file of evaluation results to put in the card")
+    ap.add_argument("--id", help="hypernet id recorded in the card and in every adapter it makes")
     args = ap.parse_args(argv)
-    extra = {"metrics": json.loads(args.metrics.read_text())} if args.metrics else None
+    extra = {"metrics": json.loads(args.metrics.read_text())} if args.metrics else {}
+    if args.id:
+        extra["id"] = args.id
     card = export(args.checkpoint, args.out, fp16=args.fp16, extra_meta=extra)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) and {card_path_for(args.out).name}")
     return 0
