@@ -20,7 +20,7 @@ def _trim(messages: list[dict]) -> list[dict]:
 
 def run_repl(*, adapter: Path | None, history: Path | None, base_model: Path | None, hypernet: Path | None,
              max_tokens: int, temperature: float, system: str | None, threads: int | None,
-             stdin=None, stdout=None) -> None:
+             summary: str | None = None, no_summary: bool = False, stdin=None, stdout=None) -> None:
     from .paths import PROMPTS_DIR
     from .runtime import LocalLLM
 
@@ -36,7 +36,7 @@ def run_repl(*, adapter: Path | None, history: Path | None, base_model: Path | N
 
         check_hypernet_exists(hypernet)
         client = Client(hypernet_path=hypernet, llm=llm, threads=threads)
-        res = client.personalize(history, user_dir(user_id_for(history)))
+        res = client.personalize(history, user_dir(user_id_for(history)), summary=summary, no_summary=no_summary)
         adapter = res.adapter
         say(f"personalized from {res.history.n_items} items -> {adapter}")
     loaded = llm.load_adapter(adapter) if adapter is not None else None

@@ -122,6 +122,8 @@ def chat(
     no_adapter: bool = typer.Option(False, "--no-adapter", help="Chat with the plain base model."),
     base_model: Optional[Path] = typer.Option(None, "--base-model", help="Base GGUF [default: bundled SmolLM2]."),
     hypernet: Optional[Path] = typer.Option(None, "--hypernet", help="Hypernet for --history."),
+    summary: Optional[str] = typer.Option(None, "--summary", help="With --history: use this summary (text or file)."),
+    no_summary: bool = typer.Option(False, "--no-summary", help="With --history: no LLM summary."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1),
     temperature: float = typer.Option(0.7, "--temperature", min=0.0),
     system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
@@ -130,10 +132,18 @@ def chat(
     """Local chat REPL: /reset, /quit, /adapter on|off. Ctrl-C stops a reply; Ctrl-D quits."""
     from .chat import run_repl
 
-    if sum(x is not None and x is not False for x in (adapter, history, no_adapter or None)) > 1:
+    from .personalize import read_summary_arg
+
+    if len([x for x in (adapter, history, True if no_adapter else None) if x is not None]) > 1:
         raise P2PError("give at most one of --adapter, --history, --no-adapter")
+    if (summary is not None or no_summary or hypernet is not None) and history is None:
+        raise P2PError("--summary, --no-summary and --hypernet go with --history")
+    if summary is not None and no_summary:
+        raise P2PError("--summary and --no-summary exclude each other")
+    given = read_summary_arg(summary) if summary is not None else None
     run_repl(adapter=adapter, history=history, base_model=base_model, hypernet=hypernet,
-             max_tokens=max_tokens, temperature=temperature, system=system, threads=threads)
+             max_tokens=max_tokens, temperature=temperature, system=system, threads=threads,
+             summary=given, no_summary=no_summary)
 
 
 @app.command()

@@ -514,6 +514,27 @@ def test_chat_conflicting_options(tmp_path, extra, needles):
     assert_one_line_error(r.stderr, *needles)
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--summary", "likes bread"], "go with --history"),
+    (["--no-summary"], "go with --history"),
+    (["--history", str(EXAMPLE_HISTORY), "--summary", "x", "--no-summary"], "exclude each other"),
+])
+def test_chat_summary_options_need_history(args, needle):
+    r = invoke("chat", *args)
+    assert r.exit_code != 0
+    assert_one_line_error(r.stderr, needle)
+
+
+def test_chat_history_with_given_summary(shared_llm, hyp, tmp_path):
+    r = CliRunner().invoke(app, ["chat", "--history", str(EXAMPLE_HISTORY), "--hypernet", str(hyp), "--summary",
+                                 "Bakes sourdough.", "--max-tokens", "4"], input="/quit\n")
+    assert r.exit_code == 0, r.output
+    from p2p_edge.personalize import user_dir
+
+    prof = json.loads((user_dir("history") / "profile.json").read_text())
+    assert prof["summary_source"] == "given" and prof["summary"] == "Bakes sourdough."
+
+
 def test_chat_with_a_corrupt_adapter_is_one_line(shared_llm, tmp_path, adapter_file):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(adapter_file.read_bytes()[:5000])
