@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import random
 import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -19,13 +17,6 @@ from . import metrics as M
 from .adapter import write_adapter
 
 ANSWER_TOKENS = {"rating": 4, "classification": 10, "generation": 28}
-
-
-@dataclass
-class Answers:
-    """method -> uid -> list of (task, parsed prediction, target)."""
-    by_method: dict[str, dict[str, list[tuple[str, str | None, str]]]] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def answer(llm, task, prompt: str) -> str | None:
@@ -170,9 +161,3 @@ def to_json(table: dict) -> dict:
                     d[f"{m}_ci"] = [round(float(v[1]), 4), round(float(v[2]), 4)]
             res[method][task] = d
     return res
-
-
-def timed(fn, *a, **kw):
-    t = time.perf_counter()
-    r = fn(*a, **kw)
-    return r, time.perf_counter() - t

@@ -108,10 +108,3 @@ class LocalLLM:
         # Llama.scores is only filled with logits_all=True (a 400 MB buffer): read the context's last row instead.
         ptr = self._lc.llama_get_logits_ith(self.llm.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).astype(np.float32, copy=True)
-
-    def tokens_per_second(self, prompt: str, n_tokens: int = 64) -> float:
-        self.llm.reset()
-        t = time.perf_counter()
-        out = self.llm.create_completion(prompt, max_tokens=n_tokens, temperature=0.0)
-        n = out["usage"]["completion_tokens"]
-        return n / (time.perf_counter() - t)
