@@ -14,19 +14,16 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from .config import HypernetCfg
 
-@dataclass
-class HyperNetConfig:
+
+@dataclass(kw_only=True)
+class HyperNetConfig(HypernetCfg):
+    """The [hypernet] knobs of a training config plus the shapes they are applied to."""
+
     emb_dim: int
     n_layers: int
     module_shapes: dict[str, tuple[int, int]]  # module -> (in_features, out_features)
-    rank: int = 8
-    alpha: float = 16.0
-    hidden: int = 256
-    type_emb_dim: int = 32
-    depth_emb_dim: int = 32
-    dropout: float = 0.05
-    a_init_scale: float = 0.1
     modules: list[str] = field(default_factory=list)
 
     def __post_init__(self):
