@@ -168,3 +168,18 @@ def test_config_errors_name_the_key(tmp_path):
 def test_default_config_parses():
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "train_default.toml")
     assert cfg.train.method == "p2p" and cfg.hypernet.rank == 8 and set(cfg.tasks) >= {"news_category", "amazon_rating"}
+
+
+def test_profile_regularisers_only_perturb_when_asked():
+    from p2p_edge.train.loop import perturb_profiles
+
+    torch.manual_seed(0)
+    e = torch.nn.functional.normalize(torch.randn(1000, 16), dim=-1)
+    assert torch.equal(perturb_profiles(e, 0.0, 0.0), e)
+    noisy = perturb_profiles(e, 0.1, 0.0)
+    assert 0.05 < float((noisy - e).std()) < 0.15
+    dropped = perturb_profiles(e, 0.0, 0.3)
+    zero_rows = float((dropped.abs().sum(-1) == 0).float().mean())
+    assert 0.2 < zero_rows < 0.4
+    kept = dropped.abs().sum(-1) > 0
+    assert torch.equal(dropped[kept], e[kept])  # kept profiles are untouched, not rescaled

@@ -51,6 +51,9 @@ class TrainCfg:
     threads: int = 0          # 0 = torch default
     mixed_precision: str = "bf16"   # no | bf16 | fp16 (fp16 on GPU only)
     max_examples_per_user: int = 0  # 0 = all of a train user's reserved queries
+    # Regularisers on the profile vector, training only (the hypernet memorises train users' exact vectors):
+    profile_noise: float = 0.0      # std of Gaussian noise added to the unit-norm profile embedding
+    profile_dropout: float = 0.0    # probability of replacing a profile by the zero vector (learns a shared LoRA)
 
 
 @dataclass
@@ -59,7 +62,7 @@ class Config:
     tasks: list = field(default_factory=list)
     split: str = "both"       # train on users that are TRAIN in both the random and the OOD split, so one
                               # model is evaluated honestly on either split's test users; or "random" | "ood"
-    splits_file: str = ""     # "" = <out_dir>/splits.json
+    splits_file: str = ""     # "" = compute the splits (seeded); else reuse this splits.json (same users)
     out_dir: str = "../runs/default"
     base: BaseCfg = field(default_factory=BaseCfg)
     profiles: ProfilesCfg = field(default_factory=ProfilesCfg)

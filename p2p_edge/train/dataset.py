@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import P2PError
 from ..tasks import Task, load_config as load_task_config
 from .config import Config, dataset_name
-from .data import ood_split, random_split, read_users, resolve_task_labels
+from .data import SPLIT_PARTS, load_splits, ood_split, random_split, read_users, resolve_task_labels
 from .profiles import VARIANTS, embed_profiles, load_summaries, n_query_items, profile_items, subsample_users
 
 
@@ -68,6 +69,8 @@ def load_corpus(cfg: Config, encoder, *, max_users: dict | None = None, require_
     uids, emb_parts, profiles, examples = [], {v: [] for v in VARIANTS}, {}, {}
     splits = {"random": {"train": [], "val": [], "test": []}, "ood": {"train": [], "val": [], "test": []}}
     resolved: dict[str, Task] = {}
+    # a splits file (e.g. another run's splits.json) fixes the users of every part, so runs compare on the same users
+    fixed = load_splits(cfg.resolve(cfg.splits_file)) if cfg.splits_file else None
     for ds_path, ds_tasks in by_dataset.items():
         ds = dataset_name(ds_path)
         q = cfg.query_items_for(ds_path)
@@ -78,14 +81,19 @@ def load_corpus(cfg: Config, encoder, *, max_users: dict | None = None, require_
         users = [u for u in users if u["user_id"] in keep]
         missing = [u["user_id"] for u in users if (u["user_id"], len(profile_items(u, q))) not in summaries]
         if missing and require_summaries:
-            raise RuntimeError(f"{ds}: {len(missing)} users have no cached summary (first: {missing[0]}); "
-                               "run `python -m p2p_edge.train.profiles summaries` first")
-        users = [u for u in users if u["user_id"] not in set(missing)]
+            raise P2PError(f"{ds}: {len(missing)} users have no cached summary (first: {missing[0]}); "
+                           "run `python -m p2p_edge.train.profiles summaries` first")
+        # require_summaries=False keeps them with a summary-less profile (evaluation needs summaries only for the
+        # users it answers for; the others still count for labels and priors)
         embs = embed_profiles(encoder, users, q, summaries, top_k=cfg.profiles.top_k)
         ids = [u["user_id"] for u in users]
         # splits per dataset; OOD clusters on the full-profile embeddings
-        rnd = random_split(ids, tcfg.splits)
-        ood, _, _ = ood_split(ids, embs["full"], tcfg.splits)
+        if fixed:
+            rnd, ood = ({p: [u.split("/", 1)[1] for u in fixed[n][p] if u.startswith(ds + "/")] for p in SPLIT_PARTS}
+                        for n in ("random", "ood"))
+        else:
+            rnd = random_split(ids, tcfg.splits)
+            ood, _, _ = ood_split(ids, embs["full"], tcfg.splits)
         for name, sp in (("random", rnd), ("ood", ood)):
             for part in ("train", "val", "test"):
                 splits[name][part] += [f"{ds}/{u}" for u in sp[part]]

@@ -119,9 +119,20 @@ class SharedLora(nn.Module):
         return out
 
 
-def sft_loss(model, injector: LoraInjector, gen: nn.Module, emb: torch.Tensor, batch) -> torch.Tensor:
+def perturb_profiles(e: torch.Tensor, noise: float, dropout: float) -> torch.Tensor:
+    """Training-time profile regularisers: Gaussian noise, and whole-profile dropout to the zero vector."""
+    if noise > 0:
+        e = e + noise * torch.randn_like(e)
+    if dropout > 0:
+        keep = (torch.rand(e.shape[0], 1, device=e.device) >= dropout).to(e.dtype)
+        e = e * keep
+    return e
+
+
+def sft_loss(model, injector: LoraInjector, gen: nn.Module, emb: torch.Tensor, batch,
+             noise: float = 0.0, dropout: float = 0.0) -> torch.Tensor:
     ids, mask, labels, users = batch
-    lora = gen(emb[users])
+    lora = gen(perturb_profiles(emb[users], noise, dropout))
     with injector.use(lora):
         logits = model(input_ids=ids, attention_mask=mask).logits
     logits = logits[:, :-1].float()
@@ -204,7 +215,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, t)
             with acc.autocast():
-                loss = sft_loss(model, injector, gen, emb_t, batch)
+                loss = sft_loss(model, injector, gen, emb_t, batch, t.profile_noise, t.profile_dropout)
             acc.backward(loss)
             acc.clip_grad_norm_(gen.parameters(), 1.0)
             opt.step()

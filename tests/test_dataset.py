@@ -1,0 +1,90 @@
+"""load_corpus on a tiny synthetic dataset: fixed splits from a file, users kept without summaries."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from p2p_edge.errors import P2PError
+from p2p_edge.train.config import Config, ProfilesCfg
+from p2p_edge.train.data import load_splits, save_splits
+from p2p_edge.train.dataset import load_corpus
+from p2p_edge.train.profiles import profile_items
+
+LABELS = ["POLITICS", "SPORTS", "FOOD"]
+
+
+class HashEncoder:
+    name, dim = "hash", 8
+
+    def encode(self, texts):
+        out = np.array([np.frombuffer(hashlib.sha256(t.encode()).digest()[:32], np.uint8)[:8] for t in texts], np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-6)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    data = tmp_path / "news.users.jsonl"
+    with open(data, "w") as f:
+        for u in range(20):
+            hist = [{"id": f"u{u}i{i}", "time": f"2020-01-{i + 1:02d}", "text": f"story {u}-{i}",
+                     "title": f"headline {u} {i}", "label": LABELS[(u + i) % 3]} for i in range(6)]
+            f.write(json.dumps({"user_id": f"user{u:02d}", "history": hist}) + "\n")
+    (tmp_path / "tasks.toml").write_text(f'''
+[splits]
+seed = 0
+test_fraction = 0.2
+val_fraction = 0.2
+[splits.ood]
+k = 4
+n_test_clusters = 1
+[tasks.cat]
+dataset = "{data}"
+kind = "classification"
+input_fields = ["title"]
+target_field = "label"
+labels = {LABELS}
+prompt = "Headline: {{title}}\\nCategory ({{labels}})?"
+metrics = ["accuracy"]
+''')
+    return data
+
+
+def summaries_for(tmp_path, data, users):
+    out = tmp_path / "profiles"
+    out.mkdir(exist_ok=True)
+    with open(out / "news.summaries.jsonl", "w") as f:
+        for line in open(data):
+            u = json.loads(line)
+            if u["user_id"] in users:
+                f.write(json.dumps({"user_id": u["user_id"], "cutoff": len(profile_items(u, 2)), "summary": "likes news"}) + "\n")
+    return out
+
+
+def config(tmp_path, **kw):
+    return Config(tasks_config=str(tmp_path / "tasks.toml"), tasks=["cat"], out_dir=str(tmp_path / "run"),
+                  profiles=ProfilesCfg(summaries_dir=str(tmp_path / "profiles"), default_query_items=2), **kw)
+
+
+def test_missing_summaries_are_an_error_or_kept_without_summary(tmp_path, dataset):
+    summaries_for(tmp_path, dataset, {"user00", "user01"})
+    with pytest.raises(P2PError, match="18 users have no cached summary"):
+        load_corpus(config(tmp_path), HashEncoder())
+    corpus = load_corpus(config(tmp_path), HashEncoder(), require_summaries=False)
+    assert len(corpus.uids) == 20
+    assert corpus.profiles["news/user00"]["summary"] == "likes news"
+    assert corpus.profiles["news/user05"]["summary"] is None
+    assert corpus.emb["full"].shape == (20, 8)
+
+
+def test_splits_file_fixes_the_users_of_every_part(tmp_path, dataset):
+    summaries_for(tmp_path, dataset, {f"user{u:02d}" for u in range(20)})
+    computed = load_corpus(config(tmp_path), HashEncoder()).splits
+    # a different assignment, as another run would have saved it
+    uids = [f"news/user{u:02d}" for u in range(20)]
+    fixed = {s: {"train": uids[:12], "val": uids[12:16], "test": uids[16:]} for s in ("random", "ood")}
+    assert fixed != computed
+    save_splits(tmp_path / "splits.json", fixed)
+    got = load_corpus(config(tmp_path, splits_file=str(tmp_path / "splits.json")), HashEncoder()).splits
+    assert {s: {p: sorted(v) for p, v in got[s].items()} for s in got} == load_splits(tmp_path / "splits.json")
