@@ -1,6 +1,8 @@
 """Atomic, private file writes: a temp file in the same directory, fsync, rename.
 
 A crash at any point leaves either the previous complete file or none, never a truncated one.
+A process killed mid-write (SIGKILL, power loss) can leave its temp file behind: it is named
+`.<dest name>.<random>.tmp` (hidden, never the output's name) and `remove_temps` deletes such leftovers.
 Private outputs get mode 0600 in directories with mode 0700.
 """
 
@@ -13,6 +15,27 @@ from pathlib import Path
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_glob(dest_name: str) -> str:
+    """Glob pattern of the temp files `atomic_path` makes for an output named `dest_name` (may contain `*`)."""
+    return f".{dest_name}.*{TEMP_SUFFIX}"
+
+
+def remove_temps(directory: Path, dest_names) -> int:
+    """Delete temp files that a killed writer of these outputs left in `directory`; returns how many.
+    Call it only where no other process can be writing these outputs at the same moment (e.g. under a lock)."""
+    directory = Path(directory)
+    n = 0
+    for name in dest_names:
+        for p in directory.glob(temp_glob(name)) if directory.is_dir() else []:
+            try:
+                p.unlink()
+                n += 1
+            except FileNotFoundError:
+                pass
+    return n
 
 
 def ensure_private_dir(path: Path) -> Path:
@@ -35,7 +58,7 @@ def atomic_path(dest: Path):
     """Yield a temp path beside `dest`; on success it is renamed over `dest` (mode 0600)."""
     dest = Path(dest)
     ensure_private_dir(dest.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -10,6 +10,7 @@ import fcntl
 import os
 import json
 import re
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pathlib import Path
 from . import __version__
 from .adapter import write_adapter
 from .errors import InputError, ModelFileError
-from .fileio import atomic_write_text, ensure_private_dir
+from .fileio import atomic_write_text, ensure_private_dir, remove_temps
 from .history import History, load_history
 from .hypernet import Hypernet
 from .paths import PROMPTS_DIR, data_dir
@@ -74,11 +75,15 @@ def read_summary_arg(value: str) -> str:
 
 @contextmanager
 def output_lock(out_dir: Path):
-    """Serialise concurrent runs that write the same output dir."""
+    """Serialise concurrent runs that write the same output dir (a waiting run says so on stderr)."""
     ensure_private_dir(out_dir)
     fd = os.open(out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     with os.fdopen(fd, "r+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting: another p2p-edge run is writing {out_dir}", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -156,6 +161,7 @@ class Client:
         adapter_path = out_dir / "adapter.gguf"
         profile_path = out_dir / "profile.json"
         with output_lock(out_dir):
+            remove_temps(out_dir, (adapter_path.name, profile_path.name))  # left by a killed run
             write_adapter(adapter_path, lora, self.base, dtype=dtype, metadata={
                 "hypernet": self.hypernet.card.id, "history_sha256": history.sha256, "profile_format": PROFILE_FORMAT,
             })

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .fileio import atomic_write_bytes, atomic_write_text, ensure_private_dir
+from .fileio import atomic_write_bytes, atomic_write_text, ensure_private_dir, remove_temps
 from .paths import PROMPTS_DIR, cache_dir
 
 PROFILE_FORMAT = "habits+summary+top-k/2"
@@ -146,8 +146,10 @@ class SummaryCache:
         self.root = (root or cache_dir()) / "summaries"
 
     def key(self, history_sha: str, model_sha: str, prompt_template: str) -> str:
+        """`<history sha prefix>-<hash of all inputs>`: the prefix lets `delete_for_history` find the temp file
+        a killed write left behind (its content may be unreadable)."""
         h = hashlib.sha256(f"{history_sha}|{model_sha}|{prompt_template}".encode()).hexdigest()
-        return h[:32]
+        return f"{history_sha[:16]}-{h[:32]}"
 
     def get(self, key: str) -> str | None:
         p = self.root / f"{key}.json"
@@ -161,6 +163,7 @@ class SummaryCache:
         atomic_write_text(self.root / f"{key}.json", json.dumps({"summary": summary, "history_sha256": history_sha}))
 
     def delete_for_history(self, history_sha: str) -> int:
+        """Delete this history's summaries (and temp files of killed writes); returns how many files."""
         n = 0
         for p in self.root.glob("*.json") if self.root.is_dir() else []:
             try:
@@ -169,7 +172,7 @@ class SummaryCache:
                     n += 1
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-        return n
+        return n + remove_temps(self.root, [f"{history_sha[:16]}-*.json"])
 
 
 class EmbeddingCache:
@@ -211,6 +214,8 @@ class EmbeddingCache:
         for p in base.glob(f"*/{history_sha[:32]}.npz") if base.is_dir() else []:
             p.unlink()
             n += 1
+        for d in base.iterdir() if base.is_dir() else []:  # temp files of killed writes
+            n += remove_temps(d, [f"{history_sha[:32]}.npz"])
         return n
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -33,6 +36,25 @@ def default_threads() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+@contextmanager
+def _sigint_after_c_call():
+    """Hold Ctrl-C (SIGINT) until a llama.cpp call returns, then raise KeyboardInterrupt. Without this, a SIGINT
+    during model or adapter loading raises inside llama-cpp-python's log callback, where ctypes swallows it: the
+    interrupt would be lost and the run would go on."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    got: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if got:
+        raise KeyboardInterrupt
+
+
 class LocalLLM:
     def __init__(self, model_path: Path | None = None, *, n_ctx: int = 2048, n_threads: int | None = None, seed: int = 0):
         import llama_cpp
@@ -40,10 +62,11 @@ class LocalLLM:
         self._lc = llama_cpp
         self.model_path = Path(model_path or default_base_model())
         self.spec: BaseSpec = read_base_spec(self.model_path, cache_dir() / "sha256.json")
-        self.llm = llama_cpp.Llama(
-            model_path=str(self.model_path), n_ctx=n_ctx, n_threads=n_threads or default_threads(),
-            seed=seed, verbose=False,
-        )
+        with _sigint_after_c_call():
+            self.llm = llama_cpp.Llama(
+                model_path=str(self.model_path), n_ctx=n_ctx, n_threads=n_threads or default_threads(),
+                seed=seed, verbose=False,
+            )
         self.active: LoadedAdapter | None = None
         self.scale = 1.0
         self._loaded: list[LoadedAdapter] = []
@@ -54,7 +77,8 @@ class LocalLLM:
         path = Path(path)
         validate_adapter(path, self.spec)
         t = time.perf_counter()
-        handle = self._lc.llama_adapter_lora_init(self.llm.model, str(path).encode())
+        with _sigint_after_c_call():
+            handle = self._lc.llama_adapter_lora_init(self.llm.model, str(path).encode())
         if not handle:  # a NULL pointer is falsy but not None
             raise ModelFileError(f"{path}: llama.cpp refused the adapter")
         ad = LoadedAdapter(path, handle, (time.perf_counter() - t) * 1e3)
