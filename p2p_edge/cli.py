@@ -75,6 +75,8 @@ def personalize(
     base_model: Optional[Path] = typer.Option(None, "--base-model", help="Base GGUF [default: bundled SmolLM2-135M-Instruct]."),
     dtype: str = typer.Option("f16", "--dtype", help="Adapter tensor type: f16 or f32."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print the summary (it is derived from your history; "
+                                 "without --verbose nothing printed quotes the history)."),
 ):
     """Build a personal LoRA adapter (adapter.gguf) and profile (profile.json) from a history file."""
     from .personalize import Client, check_hypernet_exists, read_history, read_summary_arg, user_dir, user_id_for
@@ -94,19 +96,25 @@ def personalize(
                              read_ms=read_ms)
     t = {k: round(v, 2) for k, v in res.timings_ms.items()}
     if as_json:
-        typer.echo(json.dumps({
+        doc = {
             "adapter": str(res.adapter), "profile": str(res.profile_path), "timings_ms": t,
             "models_load_ms": round(client.load_ms, 1), "adapter_bytes": res.adapter_bytes,
             "n_items": res.history.n_items, "summary_source": res.profile.summary_source,
             "retrieved_ids": res.profile.retrieved_ids,
-        }))
+        }
+        if verbose:
+            doc["summary"] = res.profile.summary
+        typer.echo(json.dumps(doc))
         return
     from rich.console import Console
+    from rich.markup import escape
 
     c = Console(highlight=False)
     c.print(f"[bold]Personalized[/bold] from {res.history.n_items} items of {history}")
-    if res.profile.summary:
-        c.print(f"  summary ({res.profile.summary_source}): {res.profile.summary}")
+    if verbose and res.profile.summary:
+        c.print(f"  summary ({res.profile.summary_source}): {escape(res.profile.summary)}")
+    elif res.profile.summary:
+        c.print(f"  summary ({res.profile.summary_source}): in {escape(str(res.profile_path))} (--verbose prints it)")
     c.print(f"  retrieved: {', '.join(res.profile.retrieved_ids) or '-'}")
     c.print(f"  adapter:  {res.adapter} ({res.adapter_bytes / 1e6:.2f} MB)")
     c.print(f"  profile:  {res.profile_path}")

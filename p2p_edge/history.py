@@ -41,6 +41,8 @@ Example lines::
 
 Every problem raises :class:`p2p_edge.errors.InputError` with one line naming the file,
 line and field, e.g. ``history.jsonl:17: field 'text': must be a non-empty string, got int``.
+Messages name the kind of a bad value (``got a string``), never its content: the history's
+text does not end up in logs or terminals.
 
 Loading streams the file in bounded chunks: memory stays bounded by ``keep_last`` items
 plus one line (at most ``max_line_bytes``), whatever the file's size; the SHA-256 is
@@ -287,6 +289,7 @@ def _printable(s: str) -> str:
 
 
 def _got(v) -> str:
+    """What a bad value is, never what it says: error messages must not echo the history's text."""
     if isinstance(v, float) and not math.isfinite(v):
         return "got NaN" if math.isnan(v) else ("got Infinity" if v > 0 else "got -Infinity")
     if isinstance(v, str):
@@ -294,8 +297,7 @@ def _got(v) -> str:
             return "got an empty string"
         if v.isspace():
             return "got a whitespace-only string"
-        r = _printable(json.dumps(v, ensure_ascii=False))
-        return f"got string {r if len(r) <= 40 else r[:36] + '...' + r[-1]}"
+        return "got a string"
     return "got " + _TYPE_NAMES.get(type(v), type(v).__name__)
 
 
