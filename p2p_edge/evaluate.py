@@ -57,6 +57,19 @@ def hypernet_adapters(hypernet, base, emb: np.ndarray, index: dict[str, int], *,
     return adapter_for
 
 
+def limit_queries(corpus, uids: list[str], per_user_task: int) -> None:
+    """Keep each eval user's most recent `per_user_task` queries per task (bounds CPU time; users weigh equally)."""
+    if per_user_task <= 0:
+        return
+    for u in uids:
+        kept, seen = [], {}
+        for ex in reversed(corpus.examples[u]):
+            seen[ex.task] = seen.get(ex.task, 0) + 1
+            if seen[ex.task] <= per_user_task:
+                kept.append(ex)
+        corpus.examples[u] = kept[::-1]
+
+
 def derangement(uids: list[str], seed: int = 0) -> dict[str, str]:
     """Each user gets another user's profile (no fixed points): the shuffled-profile control."""
     rng = random.Random(seed)

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from ..adapter import LoraWeights, write_adapter
-from ..evaluate import (derangement, hypernet_adapters, paired_diff, prior_answers, run_adapter_method,
-                        to_json, user_metric_table)
+from ..evaluate import (derangement, hypernet_adapters, limit_queries, paired_diff, prior_answers,
+                        run_adapter_method, to_json, user_metric_table)
 from ..fileio import atomic_write_text, ensure_private_dir
 
 COMPARE = ("mt_lora", "p2p_shuffled", "base", "prior")
@@ -35,19 +35,6 @@ def shared_lora_weights(ckpt_path: Path) -> LoraWeights:
     return LoraWeights(rank=cfg["rank"], alpha=cfg["alpha"],
                        a={m: sd[f"a.{m}"].float().numpy() for m in mods},
                        b={m: sd[f"b.{m}"].float().numpy() for m in mods})
-
-
-def limit_queries(corpus, uids: list[str], per_user_task: int) -> None:
-    """Keep each eval user's most recent `per_user_task` queries per task (bounds CPU time; users weigh equally)."""
-    if per_user_task <= 0:
-        return
-    for u in uids:
-        kept, seen = [], {}
-        for ex in reversed(corpus.examples[u]):
-            seen[ex.task] = seen.get(ex.task, 0) + 1
-            if seen[ex.task] <= per_user_task:
-                kept.append(ex)
-        corpus.examples[u] = kept[::-1]
 
 
 METHOD_ORDER = ("base", "prior", "mt_lora", "p2p", "p2p_shuffled", "p2p_summary_only", "p2p_retrieval_only")

@@ -1,0 +1,102 @@
+"""bench/results/REPORT.md from latency.json and quality.json: tables, targets met or not, plain words."""
+
+from __future__ import annotations
+
+LOWER_BETTER = ("mae", "rmse")
+
+
+def _ci(d: dict, m: str) -> str:
+    if m not in d:
+        return "–"
+    lo, hi = d.get(f"{m}_ci", [d[m], d[m]])
+    return f"{d[m]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _verdict(diff: dict, metric: str) -> str:
+    """Paired P2P - other on the primary metric: better / worse / tie (CI crosses 0)."""
+    if metric not in diff:
+        return "–"
+    lo, hi = diff[f"{metric}_ci"]
+    if lo <= 0 <= hi:
+        return "tie (CI crosses 0)"
+    p2p_higher = lo > 0
+    return "**P2P better**" if p2p_higher != (metric in LOWER_BETTER) else "P2P worse"
+
+
+def latency_section(lat: dict) -> list[str]:
+    m = lat["machine"]
+    o = lat["oppu"]
+    lines = [
+        "## Latency: history → adapter loaded in llama.cpp", "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads for every method. P2P timed on "
+        f"{lat['n_users']} users (cold: summary generated; warm: summary and item vectors cached). OPPU timed on "
+        f"{lat['oppu_n_users_timed']} of the same users: {o['cfg']['steps']} AdamW steps × batch {o['cfg']['batch_size']} "
+        f"(lr {o['cfg']['lr']}, rank {o['cfg']['rank']}, q_proj+v_proj, max_len {o['cfg']['max_len']}) on the user's "
+        f"history items as task examples, then GGUF write and load; its torch base model loads once "
+        f"({o['model_load_s']:.1f} s, not counted per user).", "",
+        "| method | ms per user (mean) | speedup of P2P |", "|---|---:|---:|",
+        f"| OPPU (per-user LoRA fine-tune) | {lat['oppu_ms_per_user']:.0f} | |",
+        f"| P2P cold | {lat['p2p_cold_ms_per_user']:.1f} | **{lat['speedup_cold']:.1f}x** |",
+        f"| P2P warm | {lat['p2p_warm_ms_per_user']:.1f} | **{lat['speedup_warm']:.0f}x** |", "",
+        "P2P stages, mean ms per user:", "",
+        "| stage | cold | warm |", "|---|---:|---:|",
+    ]
+    for k in lat["p2p_stages_ms"]["cold"]:
+        lines.append(f"| {k} | {lat['p2p_stages_ms']['cold'][k]:.1f} | {lat['p2p_stages_ms']['warm'][k]:.1f} |")
+    lines += ["", "Total time for n users (OPPU beyond the timed users = mean × n, marked *extrapolated*):", "",
+              "| users | P2P warm s | P2P cold s | OPPU s |", "|---:|---:|---:|---:|"]
+    for r in lat["scaling"]:
+        ex = " *extrapolated*" if r["oppu_extrapolated"] else ""
+        lines.append(f"| {r['n_users']} | {r['p2p_warm_total_s']:.2f} | {r['p2p_cold_total_s']:.1f} | {r['oppu_total_s']:.0f}{ex} |")
+    t = lat["tokens_per_s"]
+    lines += ["", f"Decode speed (64 tokens, EOS banned): base {t['base']:.1f} tok/s, with a P2P adapter {t['adapter']:.1f} tok/s "
+              f"→ overhead **{lat['adapter_overhead_pct']:.1f}%**. Peak RSS of the client (before torch is imported): "
+              f"{lat['client_peak_rss_mb']:.0f} MB; adapter file {lat['adapter_bytes'] / 1e6:.2f} MB.", "",
+              "Targets: warm speedup ≥ 1000x: " + ("met" if lat["speedup_warm"] >= 1000 else "**not met**")
+              + "; cold speedup ≥ 20x: " + ("met" if lat["speedup_cold"] >= 20 else "**not met**")
+              + "; adapter overhead < 10%: " + ("met" if lat["adapter_overhead_pct"] < 10 else "**not met**") + ".", "",
+              "![latency](latency.png)", ""]
+    return lines
+
+
+def quality_section(q: dict) -> list[str]:
+    meta = q["meta"]
+    lines = ["## Quality on held-out users", "",
+             f"Hypernet `{meta['hypernet']}`; each test user's {meta['queries_per_user_task']} most recent reserved "
+             "queries per task; metrics pooled within users, [95% CI] resamples users (1000 draws). "
+             "`prior` = the best non-LLM user rule, chosen on validation users. `rag` = the top-"
+             f"{meta['top_k']} profile items most similar to the query in the prompt; `pag` = habits + LLM summary + "
+             "the same items in the prompt (P2P's profile as text). `oppu` = a per-user LoRA (settings above).", ""]
+    for split, by_task in q["quality"].items():
+        lines += [f"### {split} split ({meta['n_test_users'][split]} test users)", ""]
+        for task, by_method in by_task.items():
+            metrics = [k for k in by_method.get("p2p", next(iter(by_method.values())))
+                       if not k.endswith("_ci") and k not in ("ci", "n_users", "n_examples", "parse_rate")]
+            n = by_method.get("p2p", {})
+            lines += [f"**{task}** ({n.get('n_users', '?')} users, {n.get('n_examples', '?')} queries)", "",
+                      "| method | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+            for m, d in by_method.items():
+                name = f"**{m}**" if m == "p2p" else m
+                lines.append(f"| {name} | " + " | ".join(_ci(d, k) for k in metrics) + " |")
+            lines.append("")
+        lines += ["Paired differences on each task's primary metric, P2P minus each method:", "",
+                  "| task | comparison | difference [95% CI] | verdict |", "|---|---|---:|---|"]
+        for task, comps in q["paired"][split].items():
+            metric = meta["primary_metric"][task]
+            for comp, d in comps.items():
+                lines.append(f"| {task} | {comp} ({metric}) | {_ci(d, metric)} | {_verdict(d, metric)} |")
+        lines += ["", f"![quality {split}](quality_{split}.png)", ""]
+    return lines
+
+
+def render(lat: dict | None, q: dict | None, run: dict) -> str:
+    lines = ["# p2p-edge benchmark: P2P vs per-user fine-tuning (OPPU) and baselines", "",
+             f"Produced by `{run['command']}` in {run['wall_s'] / 60:.1f} min ({run['date']}, commit {run['commit']}). "
+             + ("**Quick mode: few users and steps, a smoke run; not the committed results.**" if run["quick"] else ""), ""]
+    if lat:
+        lines += latency_section(lat)
+    if q:
+        lines += quality_section(q)
+    if run.get("findings"):
+        lines += ["## Findings", ""] + [f"- {f}" for f in run["findings"]] + [""]
+    return "\n".join(lines)

@@ -1,0 +1,103 @@
+"""The benchmark's own logic: scaling/extrapolation, verdicts, report, quality.json shape, and an offline run of
+its quality and latency paths on a tiny synthetic corpus with the real llama.cpp model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test_dataset import config, dataset, summaries_for  # noqa: F401  (dataset is a fixture)
+from test_privacy import no_network  # noqa: F401  (fixture)
+
+from bench.latency import scaling
+from bench.quality import reshape
+from bench.report import _verdict, render
+from bench.run import findings
+
+
+def _p2p(n):
+    return {"n_users": n, "per_user_ms": {"cold": [{"total": 1000.0}] * n, "warm": [{"total": 50.0}] * n}}
+
+
+def test_scaling_measures_p2p_and_marks_oppu_extrapolation():
+    oppu = {"n_users": 2, "per_user": [{"total_ms": 10_000.0}, {"total_ms": 20_000.0}], "mean_ms": 15_000.0}
+    rows = scaling(_p2p(10), oppu, (2, 10, 50))
+    assert [r["n_users"] for r in rows] == [2, 10]  # 50 > users timed for P2P: never extrapolate P2P
+    assert rows[0] == {"n_users": 2, "p2p_cold_total_s": 2.0, "p2p_warm_total_s": 0.1, "oppu_total_s": 30.0,
+                       "oppu_extrapolated": False}
+    assert rows[1]["oppu_total_s"] == 150.0 and rows[1]["oppu_extrapolated"]
+
+
+@pytest.mark.parametrize("metric,ci,word", [("accuracy", [0.1, 0.3], "better"), ("accuracy", [-0.3, -0.1], "worse"),
+                                            ("accuracy", [-0.1, 0.2], "tie"), ("mae", [-0.4, -0.1], "better"),
+                                            ("mae", [0.1, 0.4], "worse")])
+def test_verdict_respects_metric_direction(metric, ci, word):
+    assert word in _verdict({metric: sum(ci) / 2, f"{metric}_ci": ci}, metric)
+
+
+def _quality():
+    cat = {"p2p": {"accuracy": 0.7, "accuracy_ci": [0.6, 0.8], "n_users": 10, "n_examples": 40},
+           "base": {"accuracy": 0.2, "accuracy_ci": [0.1, 0.3], "n_users": 10, "n_examples": 40}}
+    paired = {"cat": {"p2p-base": {"accuracy": 0.5, "accuracy_ci": [0.4, 0.6]},
+                      "p2p-oppu": {"accuracy": 0.0, "accuracy_ci": [-0.1, 0.1]},
+                      "p2p-mt_lora": {"accuracy": -0.2, "accuracy_ci": [-0.3, -0.1]}}}
+    meta = {"hypernet": "h", "queries_per_user_task": 4, "top_k": 2, "n_test_users": {"ood": 10},
+            "primary_metric": {"cat": "accuracy"}}
+    return {"meta": meta, "quality": {"ood": {"cat": cat}}, "paired": {"ood": paired}}
+
+
+def test_findings_state_targets_met_and_not_met():
+    f = "\n".join(findings(_quality()))
+    assert "P2P beats the base model: **met** on cat" in f
+    assert "matches or beats OPPU: **met** on cat (tie" in f      # a tie matches OPPU
+    assert "beats MT-LoRA: met on no task; not on cat (P2P worse)" in f
+
+
+def test_report_renders_every_table():
+    md = render(None, _quality(), {"command": "python -m bench", "wall_s": 60, "date": "2026-11-26", "commit": "abc",
+                                   "quick": False, "findings": findings(_quality())})
+    assert "| **p2p** | 0.700 [0.600, 0.800] |" in md
+    assert "| cat | p2p-mt_lora (accuracy) | -0.200 [-0.300, -0.100] | P2P worse |" in md
+    assert "## Findings" in md and "Quick mode" not in md
+
+
+def test_reshape_is_split_task_method_with_primary_ci():
+    class T:
+        metrics = ["mae", "rmse"]
+
+    table = {"p2p": {"r": {"mae": 0.5, "mae_ci": [0.4, 0.6], "rmse": 0.7, "rmse_ci": [0.6, 0.8]}},
+             "base": {"r": {"mae": 1.0, "mae_ci": [0.9, 1.1]}}}
+    out = reshape(table, {"r": T()})
+    assert list(out["r"]) == ["base", "p2p"]  # METHODS order
+    assert out["r"]["p2p"]["ci"] == [0.4, 0.6]
+
+
+@pytest.mark.slow
+def test_bench_quality_and_latency_offline(no_network, dataset, tmp_path, use_encoder, random_hypernet_path, llm):  # noqa: F811
+    """The benchmark's quality and latency paths on 20 synthetic users, with every internet socket refused."""
+    from bench.latency import p2p_latency
+    from bench.quality import run_quality
+    from p2p_edge.encoder import Encoder
+    from p2p_edge.hypernet import Hypernet
+    from p2p_edge.personalize import Client
+    from p2p_edge.train.dataset import load_corpus
+
+    summaries_for(tmp_path, dataset, {f"user{u:02d}" for u in range(20)})
+    encoder = Encoder()
+    corpus = load_corpus(config(tmp_path), encoder)
+    tests = {s: corpus.splits[s]["test"][:2] for s in ("random", "ood")}
+    quality, paired, _ = run_quality(corpus, tests, llm=llm, hypernet=Hypernet(random_hypernet_path), encoder=encoder,
+                                     mt_lora=None, oppu_adapter_for=None, top_k=2, log=lambda m: None)
+    for split in ("random", "ood"):
+        methods = quality[split]["cat"]
+        assert {"base", "prior", "rag", "pag", "p2p", "p2p_shuffled", "p2p_summary_only"} <= set(methods)
+        assert all(0.0 <= m["accuracy"] <= 1.0 and len(m["ci"]) == 2 for m in methods.values())
+        assert "p2p-base" in paired[split]["cat"]
+    json.dumps(quality)  # quality.json is plain JSON
+
+    client = Client(hypernet_path=random_hypernet_path, llm=llm)
+    lat = p2p_latency(client, corpus, corpus.uids[:2], tmp_path, log=lambda m: None)
+    cold, warm = lat["per_user_ms"]["cold"], lat["per_user_ms"]["warm"]
+    assert all(r["summary"] > 0 for r in cold) and all(r["total"] > 0 for r in warm)
+    assert all(w["summary"] < c["summary"] for c, w in zip(cold, warm))  # the second pass hits the summary cache
