@@ -46,8 +46,12 @@ class ProfilePrompts:
 
 
 def run_quality(corpus, tests: dict[str, list[str]], *, llm, hypernet, encoder, mt_lora: Path | None,
-                oppu_adapter_for: Callable | None, top_k: int, log=print) -> tuple[dict, dict, dict]:
-    """-> (quality {split: {task: {method: metrics}}}, paired {split: {task: {"p2p-m": diffs}}}, timings_s)."""
+                oppu_adapter_for: Callable | None, top_k: int, oppu_uids: list[str] | None = None,
+                log=print) -> tuple[dict, dict, dict]:
+    """-> (quality {split: {task: {method: metrics}}}, paired {split: {task: {"p2p-m": diffs}}}, timings_s).
+
+    OPPU trains one LoRA per user, so it may be run on a subset of the test users (`oppu_uids`); its metrics and
+    its paired comparison with P2P are then over that subset only (n_users says so)."""
     index = corpus.index()
     union = sorted(set(tests["random"]) | set(tests["ood"]))
     prompts = ProfilePrompts(corpus, encoder, top_k)
@@ -67,17 +71,18 @@ def run_quality(corpus, tests: dict[str, list[str]], *, llm, hypernet, encoder, 
     if mt_lora is not None:
         runs.append(("mt_lora", lambda: run_adapter_method(llm, corpus, union, lambda u, t: mt_lora)))
     if oppu_adapter_for is not None:
-        runs.append(("oppu", lambda: run_adapter_method(llm, corpus, union, oppu_adapter_for)))
+        ou = [u for u in union if oppu_uids is None or u in set(oppu_uids)]
+        runs.append(("oppu", lambda: run_adapter_method(llm, corpus, ou, oppu_adapter_for)))
     for name, fn in runs:
         t = time.perf_counter()
         methods[name] = fn()
         timings[name] = round(time.perf_counter() - t, 1)
-        log(f"quality: {name} answered {len(union)} users in {timings[name]:.0f} s")
+        log(f"quality: {name} answered {len(methods[name])} users in {timings[name]:.0f} s")
 
     quality, paired = {}, {}
     for split in ("random", "ood"):
         uids = tests[split]
-        ans = {m: {u: a[u] for u in uids} for m, a in methods.items()}
+        ans = {m: {u: a[u] for u in uids if u in a} for m, a in methods.items()}
         ans["p2p_shuffled"] = run_adapter_method(
             llm, corpus, uids, hypernet_adapters(hypernet, spec, corpus.emb["full"], index, donor=derangement(uids, seed=1)))
         ans["prior"] = prior_answers(corpus, uids, corpus.part("both", "train"), corpus.splits[split]["val"])

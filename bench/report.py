@@ -59,6 +59,15 @@ def latency_section(lat: dict) -> list[str]:
     return lines
 
 
+def oppu_text(meta: dict) -> str:
+    o, k = meta.get("oppu"), meta.get("oppu_test_users_per_split_dataset", 0)
+    if not o:
+        return ""
+    who = f"on {k} test users per split and dataset (its row and its paired CI are over those users)" if k else "on every test user"
+    return (f"`oppu` = a per-user LoRA ({o['steps']} AdamW steps × batch {o['batch_size']}, lr {o['lr']}, the user's "
+            f"{o['max_items']} most recent history items as task examples), {who}.")
+
+
 def quality_section(q: dict) -> list[str]:
     meta = q["meta"]
     lines = ["## Quality on held-out users", "",
@@ -66,7 +75,7 @@ def quality_section(q: dict) -> list[str]:
              "queries per task; metrics pooled within users, [95% CI] resamples users (1000 draws). "
              "`prior` = the best non-LLM user rule, chosen on validation users. `rag` = the top-"
              f"{meta['top_k']} profile items most similar to the query in the prompt; `pag` = habits + LLM summary + "
-             "the same items in the prompt (P2P's profile as text). `oppu` = a per-user LoRA (settings above).", ""]
+             "the same items in the prompt (P2P's profile as text). " + oppu_text(meta), ""]
     for split, by_task in q["quality"].items():
         lines += [f"### {split} split ({meta['n_test_users'][split]} test users)", ""]
         for task, by_method in by_task.items():

@@ -40,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--oppu-steps", type=int, default=None, help="OPPU AdamW steps per user (default 20; quick 5)")
     ap.add_argument("--test-users", type=int, default=None,
                     help="test users per split and dataset for quality (default all; quick 3)")
+    ap.add_argument("--oppu-test-users", type=int, default=None,
+                    help="OPPU quality on this many test users per split and dataset (default 8; 0 = all)")
     ap.add_argument("--queries-per-user-task", type=int, default=None, help="default 4; quick 1")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
@@ -51,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.oppu_timed_users = a.oppu_timed_users if a.oppu_timed_users is not None else (2 if q else 5)
     a.oppu_steps = a.oppu_steps if a.oppu_steps is not None else (5 if q else 20)
     a.test_users = a.test_users if a.test_users is not None else (3 if q else 0)
+    a.oppu_test_users = a.oppu_test_users if a.oppu_test_users is not None else 8
     a.queries_per_user_task = a.queries_per_user_task if a.queries_per_user_task is not None else (1 if q else 4)
     return a
 
@@ -166,15 +169,20 @@ def main(argv=None) -> int:
             exs = user_examples(corpus, uid, max_items=trainer.cfg.max_items)
             return trainer.adapter(exs, tmpdir / "oppu.gguf", client.llm.spec)[0] if exs else None
 
+        from .corpus import held_out_users
+
+        oppu_tests = held_out_users(cfg, args.oppu_test_users)
+        oppu_uids = sorted(u for s in oppu_tests for u in oppu_tests[s] if u in set(tests[s]))
         quality, paired, timings = run_quality(corpus, tests, llm=client.llm, hypernet=client.hypernet,
                                                encoder=client.encoder, mt_lora=mt, oppu_adapter_for=oppu_for,
-                                               top_k=int(cfg.profiles.top_k), log=log)
+                                               top_k=int(cfg.profiles.top_k), oppu_uids=oppu_uids, log=log)
         q = {"meta": {"hypernet": client.hypernet.card.id, "config": str(args.config.resolve().relative_to(ROOT))
                       if args.config.resolve().is_relative_to(ROOT) else str(args.config),
                       "queries_per_user_task": args.queries_per_user_task, "top_k": int(cfg.profiles.top_k),
                       "n_test_users": {s: len(u) for s, u in tests.items()},
                       "primary_metric": {t: corpus.tasks[t].metrics[0] for t in corpus.tasks},
-                      "oppu": asdict(trainer.cfg), "method_seconds": timings},
+                      "oppu": asdict(trainer.cfg), "oppu_test_users_per_split_dataset": args.oppu_test_users,
+                      "method_seconds": timings},
              "quality": quality, "paired": paired}
         atomic_write_text(out / "quality.json", json.dumps(q, indent=1) + "\n")
 
