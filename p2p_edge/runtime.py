@@ -62,9 +62,10 @@ class LocalLLM:
         self._lc = llama_cpp
         self.model_path = Path(model_path or default_base_model())
         self.spec: BaseSpec = read_base_spec(self.model_path, cache_dir() / "sha256.json")
-        with _sigint_after_c_call():
+        threads = n_threads or default_threads()
+        with _sigint_after_c_call():  # n_threads_batch too: llama-cpp-python's default is every core
             self.llm = llama_cpp.Llama(
-                model_path=str(self.model_path), n_ctx=n_ctx, n_threads=n_threads or default_threads(),
+                model_path=str(self.model_path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                 seed=seed, verbose=False,
             )
         self.active: LoadedAdapter | None = None

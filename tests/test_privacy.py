@@ -94,6 +94,8 @@ def shared_llm(llm, use_encoder, monkeypatch):
     monkeypatch.setattr(rt, "LocalLLM", lambda *a, **k: llm)  # the session's model: no reload
     llm.use(None)
     yield llm
+    for ad in list(llm._loaded):  # the chat REPL leaves its adapter loaded (its process would end here)
+        llm.free(ad)
     llm.use(None)
 
 
