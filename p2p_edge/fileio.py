@@ -9,7 +9,7 @@ Private outputs get mode 0600 in directories with mode 0700.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,16 +58,23 @@ def atomic_path(dest: Path):
     """Yield a temp path beside `dest`; on success it is renamed over `dest` (mode 0600)."""
     dest = Path(dest)
     ensure_private_dir(dest.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
-    os.close(fd)
+    # The name is chosen before the file exists, so an interrupt (Ctrl-C) at any point after the file is created
+    # lands inside `try` and the temp file is removed (with mkstemp there was a window before `try`).
+    tmp = dest.parent / f".{dest.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
     try:
-        yield Path(tmp)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except FileExistsError:  # (2^-64) another writer's temp file: not ours to delete
+            tmp = None
+            raise
+        os.close(fd)
+        yield tmp
         os.chmod(tmp, FILE_MODE)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, dest)
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
