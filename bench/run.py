@@ -189,6 +189,12 @@ def main(argv=None) -> int:
     from . import plots
     from .report import render
 
+    # a partial run (--skip-latency / --skip-quality) reports the other half from the results already in --out
+    if lat is None and (out / "latency.json").is_file():
+        lat = json.loads((out / "latency.json").read_text())
+    if q is None and (out / "quality.json").is_file():
+        q = json.loads((out / "quality.json").read_text())
+
     if lat:
         plots.latency_plots(lat, out)
     if q:

@@ -101,3 +101,19 @@ def test_bench_quality_and_latency_offline(no_network, dataset, tmp_path, use_en
     cold, warm = lat["per_user_ms"]["cold"], lat["per_user_ms"]["warm"]
     assert all(r["summary"] > 0 for r in cold) and all(r["total"] > 0 for r in warm)
     assert all(w["summary"] < c["summary"] for c, w in zip(cold, warm))  # the second pass hits the summary cache
+
+
+def test_plots_write_pngs(tmp_path):
+    from bench.plots import latency_plots, quality_plots
+
+    oppu = {"n_users": 2, "per_user": [{"total_ms": 30_000.0}] * 2, "mean_ms": 30_000.0}
+    lat = {"machine": {"cpu": "x", "cores": 2, "threads": 2}, "p2p_warm_ms_per_user": 50.0,
+           "p2p_cold_ms_per_user": 1500.0, "oppu_ms_per_user": 30_000.0, "oppu_n_users_timed": 2,
+           "scaling": scaling(_p2p(10), oppu, (2, 10))}
+
+    class T:
+        metrics = ["accuracy"]
+
+    paths = latency_plots(lat, tmp_path) + quality_plots(_quality()["quality"], {"cat": T()}, tmp_path)
+    assert [p.name for p in paths] == ["latency.png", "quality_ood.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in paths)
