@@ -92,7 +92,7 @@ def findings(q: dict) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    t0 = time.time()
+    t0, commit = time.time(), git_commit()  # the code that ran, not what HEAD is when the run ends
     log = lambda m: print(f"[{time.time() - t0:7.0f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     if q:
         plots.quality_plots(q["quality"], corpus.tasks, out)
     cmd = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    run = {"command": cmd.strip(), "wall_s": time.time() - t0, "date": date.today().isoformat(), "commit": git_commit(),
+    run = {"command": cmd.strip(), "wall_s": time.time() - t0, "date": date.today().isoformat(), "commit": commit,
            "quick": args.quick, "findings": findings(q) if q else []}
     atomic_write_text(out / "REPORT.md", render(lat, q, run))
     log(f"wrote {out / 'REPORT.md'} in {(time.time() - t0) / 60:.1f} min")
