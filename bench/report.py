@@ -33,8 +33,10 @@ def latency_section(lat: dict) -> list[str]:
         f"{lat['oppu_n_users_timed']} of the same users: {o['cfg']['steps']} AdamW steps × batch {o['cfg']['batch_size']} "
         f"(lr {o['cfg']['lr']}, rank {o['cfg']['rank']}, q_proj+v_proj, max_len {o['cfg']['max_len']}) on the user's "
         f"history items as task examples, then GGUF write and load; its torch base model loads once "
-        f"({o['model_load_s']:.1f} s, not counted per user).", "",
-        "| method | ms per user (mean) | speedup of P2P |", "|---|---:|---:|",
+        f"({o['model_load_s']:.1f} s, not counted per user). The client's models load once per process "
+        + (f"({lat['once_per_process_ms']['models_load'] / 1e3:.1f} s, plus {lat['once_per_process_ms']['llm_first_generation'] / 1e3:.1f} s "
+           "for llama.cpp's first generation), also not counted per user." if "once_per_process_ms" in lat else "(not counted per user)."), "",
+        "| method | ms per user (mean) | speedup of P2P (OPPU mean / P2P mean) |", "|---|---:|---:|",
         f"| OPPU (per-user LoRA fine-tune) | {lat['oppu_ms_per_user']:.0f} | |",
         f"| P2P cold | {lat['p2p_cold_ms_per_user']:.1f} | **{lat['speedup_cold']:.1f}x** |",
         f"| P2P warm | {lat['p2p_warm_ms_per_user']:.1f} | **{lat['speedup_warm']:.0f}x** |", "",
@@ -98,10 +100,20 @@ def quality_section(q: dict) -> list[str]:
     return lines
 
 
+def _provenance(name: str, d: dict | None) -> str:
+    r = (d or {}).get("run")
+    if not r:
+        return ""
+    return (f"- {name}: `{r['command']}`, {r['wall_s'] / 60:.1f} min, {r['date']}, commit {r['commit']}")
+
+
 def render(lat: dict | None, q: dict | None, run: dict) -> str:
-    lines = ["# p2p-edge benchmark: P2P vs per-user fine-tuning (OPPU) and baselines", "",
-             f"Produced by `{run['command']}` in {run['wall_s'] / 60:.1f} min ({run['date']}, commit {run['commit']}). "
-             + ("**Quick mode: few users and steps, a smoke run; not the committed results.**" if run["quick"] else ""), ""]
+    lines = ["# p2p-edge benchmark: P2P vs per-user fine-tuning (OPPU) and baselines", ""]
+    if run.get("quick"):
+        lines += ["**Quick mode: few users and steps, a smoke run; not the committed results.**", ""]
+    prov = [p for p in (_provenance("Latency", lat), _provenance("Quality", q)) if p]
+    if prov:
+        lines += ["Produced by:", ""] + prov + [""]
     if lat:
         lines += latency_section(lat)
     if q:

@@ -117,3 +117,11 @@ def test_plots_write_pngs(tmp_path):
     paths = latency_plots(lat, tmp_path) + quality_plots(_quality()["quality"], {"cat": T()}, tmp_path)
     assert [p.name for p in paths] == ["latency.png", "quality_ood.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in paths)
+
+
+def test_report_names_the_command_of_each_half():
+    q = _quality()
+    q["run"] = {"command": "python -m bench", "commit": "abc1234", "date": "2026-11-26", "wall_s": 600}
+    md = render(None, q, {"quick": True})
+    assert "- Quality: `python -m bench`, 10.0 min, 2026-11-26, commit abc1234" in md
+    assert "Quick mode" in md
