@@ -51,7 +51,8 @@ def latency_section(lat: dict) -> list[str]:
         ex = " *extrapolated*" if r["oppu_extrapolated"] else ""
         lines.append(f"| {r['n_users']} | {r['p2p_warm_total_s']:.2f} | {r['p2p_cold_total_s']:.1f} | {r['oppu_total_s']:.0f}{ex} |")
     t = lat["tokens_per_s"]
-    lines += ["", f"Decode speed (64 tokens, EOS banned): base {t['base']:.1f} tok/s, with a P2P adapter {t['adapter']:.1f} tok/s "
+    pairs = f"median of {lat['decode_pairs']} interleaved base/adapter runs" if "decode_pairs" in lat else "median of 3 runs each"
+    lines += ["", f"Decode speed (64 tokens, EOS banned, {pairs}): base {t['base']:.1f} tok/s, with a P2P adapter {t['adapter']:.1f} tok/s "
               f"→ overhead **{lat['adapter_overhead_pct']:.1f}%**. Peak RSS of the client (before torch is imported): "
               f"{lat['client_peak_rss_mb']:.0f} MB; adapter file {lat['adapter_bytes'] / 1e6:.2f} MB.", "",
               "Targets: warm speedup ≥ 1000x: " + ("met" if lat["speedup_warm"] >= 1000 else "**not met**")
