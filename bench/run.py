@@ -1,7 +1,7 @@
-"""`python -m bench` / `p2p-edge bench`: latency vs OPPU and quality vs baselines, side by side in one run.
+"""`python -m bench`: latency vs OPPU and quality vs baselines, side by side in one run.
 
-    python -m bench                 # the full run (committed results; ~1 h on 2 CPU cores)
-    python -m bench --quick         # a smoke run in minutes: few users, few steps (written to runs/bench-quick)
+    python -m bench                 # the full run (committed results; ~50 min on 2 idle CPU cores)
+    python -m bench --quick         # a smoke run, ~5 min: few users, few steps (written to runs/bench-quick)
 
 Writes latency.json, quality.json, REPORT.md and PNG plots to --out (default bench/results).
 """
