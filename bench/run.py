@@ -22,6 +22,8 @@ from pathlib import Path
 
 from p2p_edge.fileio import atomic_write_text
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # OPPU loads the bundled GGUF through transformers: never reach a hub
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_CONFIG = ROOT / "configs" / "train_default.toml"

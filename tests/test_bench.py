@@ -125,3 +125,17 @@ def test_report_names_the_command_of_each_half():
     md = render(None, q, {"quick": True})
     assert "- Quality: `python -m bench`, 10.0 min, 2026-11-26, commit abc1234" in md
     assert "Quick mode" in md
+
+
+def test_bench_and_training_never_reach_a_model_hub():
+    """HF_HUB_OFFLINE is set before transformers/huggingface_hub could read it (they read it at import)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    code = ("import os, sys; import {m}; assert 'huggingface_hub' not in sys.modules; print(os.environ['HF_HUB_OFFLINE'])")
+    for m in ("bench.run", "p2p_edge.train"):
+        out = subprocess.run([sys.executable, "-c", code.format(m=m)], env=env, capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert out.returncode == 0 and out.stdout.strip() == "1", (m, out.stderr)
