@@ -278,34 +278,39 @@ def bad_inputs(tmp: Path, env: dict, hyp: Path, base_spec, log) -> list[dict]:
 # ------------------------------------------------------------------------------------------------- (c) faults
 
 
-def _dir_state(d: Path) -> dict:
+def dir_state(d: Path) -> dict:
+    """What a writer changes: names, and each entry's inode/size/mtime (the lock file is not an output)."""
     try:
         return {e.name: (e.inode(), e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(d) if e.name != ".lock"}
-    except FileNotFoundError:
+    except FileNotFoundError:  # an entry renamed away between scandir and stat
         return {"?": time.monotonic()}
 
 
-def _kill_run(args, env, out: Path, sig: int, after_s: float | None, on_change_s: float | None) -> tuple[int, bool]:
+def run_and_kill(args, env, out: Path, sig: int, *, after_s: float | None = None, on_change_s: float | None = None):
+    """Start `p2p-edge ARGS`; send `sig` after `after_s` seconds, or `on_change_s` seconds after the output dir first
+    changes. Returns (returncode, stderr, signalled: whether the signal was sent before the process ended)."""
     p = subprocess.Popen([sys.executable, "-m", "p2p_edge.cli", *map(str, args)], cwd=ROOT, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=default_sigint)
-    sent = False
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    signalled = False
     if after_s is not None:
         try:
             p.wait(after_s)
         except subprocess.TimeoutExpired:
             p.send_signal(sig)
-            sent = True
+            signalled = True
     else:
-        before = _dir_state(out)
+        before = dir_state(out)
         while p.poll() is None:
-            if _dir_state(out) != before:
-                time.sleep(on_change_s or 0)
+            if dir_state(out) != before:
+                if on_change_s:
+                    time.sleep(on_change_s)
                 if p.poll() is None:
                     p.send_signal(sig)
-                    sent = True
+                    signalled = True
                 break
             time.sleep(0.0002)
-    return p.wait(), sent
+    _, err = p.communicate(timeout=300)
+    return p.returncode, err, signalled
 
 
 def _classify(path: Path, old: bytes, new: bytes, base_spec) -> str:
@@ -341,8 +346,8 @@ def faults(tmp: Path, env: dict, hyp: Path, base_spec, log) -> list[dict]:
     for i, (sig, frac, on_change) in enumerate(plan):
         out = tmp / f"f-kill{i}"
         shutil.copytree(prev, out)
-        rc, sent = _kill_run(args(out, "Plays guitar and bakes bread."), env, out, sig,
-                             None if frac is None else frac * seconds, on_change)
+        rc, _, sent = run_and_kill(args(out, "Plays guitar and bakes bread."), env, out, sig,
+                                   after_s=None if frac is None else frac * seconds, on_change_s=on_change)
         temps = sorted(p.name for n in ("adapter.gguf", "profile.json") for p in out.glob(temp_glob(n)))
         when = f"{frac:.0%} of a run ({frac * seconds:.2f} s)" if frac is not None else \
             f"{on_change * 1e3:.0f} ms after the output dir first changed (adapter temp file created)"

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLE_HISTORY, ROOT
+from bench.robustness import run_and_kill
 from p2p_edge.fileio import temp_glob
 
 OUTPUTS = ("adapter.gguf", "profile.json")
@@ -48,47 +49,6 @@ def run_ok(args, env) -> float:
     r = subprocess.run(cli(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return time.perf_counter() - t
-
-
-def dir_state(d: Path) -> dict:
-    """What a writer changes: names, and each entry's inode/size/mtime (the lock file is not an output)."""
-    try:
-        return {e.name: (e.inode(), e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(d) if e.name != ".lock"}
-    except FileNotFoundError:  # an entry renamed away between scandir and stat
-        return {"?": time.monotonic()}
-
-
-def default_sigint() -> None:
-    """A child of a background job inherits SIGINT ignored (and Python then keeps it ignored): undo that, so the
-    child reacts to SIGINT as under a terminal's Ctrl-C."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def run_and_kill(args, env, out: Path, sig: int, *, after_s: float | None = None, on_change_s: float | None = None):
-    """Start `args`; send `sig` after `after_s` seconds, or `on_change_s` seconds after the output dir first
-    changes. Returns (returncode, stderr, signalled: whether the signal was sent before the process ended)."""
-    p = subprocess.Popen(cli(args), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=default_sigint)
-    signalled = False
-    if after_s is not None:
-        try:
-            p.wait(after_s)
-        except subprocess.TimeoutExpired:
-            p.send_signal(sig)
-            signalled = True
-    else:
-        before = dir_state(out)
-        while p.poll() is None:
-            if dir_state(out) != before:
-                if on_change_s:
-                    time.sleep(on_change_s)
-                if p.poll() is None:
-                    p.send_signal(sig)
-                    signalled = True
-                break
-            time.sleep(0.0002)
-    _, err = p.communicate(timeout=300)
-    return p.returncode, err, signalled
 
 
 def temps(d: Path) -> list[str]:
