@@ -211,9 +211,9 @@ def check_hypernet_exists(path: Path | None) -> None:
 def forget_user(*, history: Path | None = None, user: str | None = None) -> list[str]:
     """Delete what p2p-edge wrote for a user: the per-user dir (adapter, profile) and the caches derived from
     the history (summary, item vectors). The history file itself is the user's and is never touched."""
-    import hashlib
     import shutil
 
+    from .base import file_sha256
     from .profile import EmbeddingCache, SummaryCache
 
     uid = user or user_id_for(history)
@@ -228,11 +228,7 @@ def forget_user(*, history: Path | None = None, user: str | None = None) -> list
     if history is not None:
         if not Path(history).is_file():
             raise InputError(history, "history file not found (use --user ID to forget by user id)")
-        h = hashlib.sha256()
-        with open(history, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        shas.add(h.hexdigest())
+        shas.add(file_sha256(history))  # the raw bytes' sha256, as History.sha256
     done = []
     if d.is_dir():
         shutil.rmtree(d)
