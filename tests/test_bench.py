@@ -139,3 +139,14 @@ def test_bench_and_training_never_reach_a_model_hub():
         out = subprocess.run([sys.executable, "-c", code.format(m=m)], env=env, capture_output=True, text=True,
                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         assert out.returncode == 0 and out.stdout.strip() == "1", (m, out.stderr)
+
+
+def test_bench_bad_config_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "bench", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.toml'}: config file not found"]
