@@ -15,13 +15,16 @@ from p2p_edge.train.model import HyperNet, HyperNetConfig
 
 
 def random_hypernet(base: BaseSpec, *, emb_dim: int = 384, hidden: int = 32, seed: int = 0,
-                    b_scale: float = 0.02) -> HyperNet:
+                    b_scale: float = 0.02, shared_lora: bool = False) -> HyperNet:
     torch.manual_seed(seed)
     cfg = HyperNetConfig(emb_dim=emb_dim, n_layers=base.n_layers,
-                         module_shapes={m: s for m, s in base.module_shapes().items()}, hidden=hidden)
+                         module_shapes={m: s for m, s in base.module_shapes().items()}, hidden=hidden,
+                         shared_lora=shared_lora)
     model = HyperNet(cfg)
     for m in cfg.modules:
         torch.nn.init.normal_(model.head_b[m].weight, std=b_scale)
+        if shared_lora:
+            torch.nn.init.normal_(model.shared_b[m], std=b_scale)
     return model.eval()
 
 

@@ -24,9 +24,10 @@ def _torch_out(model, e):
         return {k: v[0].numpy() for k, v in model(torch.from_numpy(e[None])).items()}
 
 
-@pytest.mark.parametrize("fp16,tol", [(False, 1e-4), (True, 2e-2)])
-def test_onnx_matches_torch(tmp_path, fp16, tol):
-    model, path = export_random_hypernet(TINY, tmp_path / "h.onnx", emb_dim=16, hidden=32, fp16=fp16)
+@pytest.mark.parametrize("fp16,tol,shared", [(False, 1e-4, False), (True, 2e-2, False), (False, 1e-4, True)])
+def test_onnx_matches_torch(tmp_path, fp16, tol, shared):
+    model, path = export_random_hypernet(TINY, tmp_path / "h.onnx", emb_dim=16, hidden=32, fp16=fp16,
+                                         shared_lora=shared)
     h = Hypernet(path)
     rng = np.random.default_rng(0)
     for _ in range(3):
@@ -55,9 +56,26 @@ def test_zero_init_gives_zero_delta():
     """As in P2P/Text-to-LoRA, a fresh hypernet generates B = 0, so training starts from the base model."""
     from p2p_edge.train.model import HyperNet, HyperNetConfig
 
-    m = HyperNet(HyperNetConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (16, 16)}))
-    out = m(torch.randn(2, 8))
-    assert torch.count_nonzero(out["q_proj.lora_b"]) == 0 and torch.count_nonzero(out["q_proj.lora_a"]) > 0
+    for shared in (False, True):
+        m = HyperNet(HyperNetConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (16, 16)}, shared_lora=shared))
+        out = m(torch.randn(2, 8))
+        assert torch.count_nonzero(out["q_proj.lora_b"]) == 0 and torch.count_nonzero(out["q_proj.lora_a"]) > 0
+
+
+def test_shared_lora_is_the_common_part():
+    """With shared_lora, a zero trunk output leaves exactly the shared matrices, per layer; the profile adds to them."""
+    from p2p_edge.train.model import HyperNet, HyperNetConfig
+
+    torch.manual_seed(0)
+    m = HyperNet(HyperNetConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (16, 12)}, shared_lora=True))
+    for head in (m.head_a["q_proj"], m.head_b["q_proj"]):
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+    torch.nn.init.normal_(m.shared_b["q_proj"])
+    out = m(torch.randn(3, 8))
+    assert torch.equal(out["q_proj.lora_a"], m.shared_a["q_proj"].expand(3, -1, -1, -1))
+    assert torch.equal(out["q_proj.lora_b"], m.shared_b["q_proj"].expand(3, -1, -1, -1))
+    assert not torch.equal(out["q_proj.lora_a"][0, 0], out["q_proj.lora_a"][0, 1])  # one per layer
 
 
 def test_refuses_other_base_model(tmp_path):

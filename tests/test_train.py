@@ -99,14 +99,17 @@ def test_one_step_reduces_loss_on_fixed_batch():
     assert after < before
 
 
-def test_hypernet_separates_two_users(tmp_path):
+@pytest.mark.parametrize("shared_lora", [False, True])
+def test_hypernet_separates_two_users(tmp_path, shared_lora):
     tok = tiny_tokenizer()
     model = tiny_llama(len(tok))
     rows = two_user_rows(tok)
     emb = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
     cfg = tiny_cfg(tmp_path, steps=80)
+    cfg.hypernet.shared_lora = shared_lora
     gen = train(cfg, model, tok, rows, rows[:2], emb, out_dir=tmp_path, meta={}, progress=False, log=lambda *_: None)
     gen.eval()
+    assert hasattr(gen, "shared_a") == shared_lora
     red, blue = tok.convert_tokens_to_ids("red"), tok.convert_tokens_to_ids("blue")
     la = first_target_logits(model, tok, gen, emb, rows[0])
     lb = first_target_logits(model, tok, gen, emb, rows[1])
@@ -156,6 +159,9 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(p)
     p.write_text('[train]\nsteps = "many"\n')
     with pytest.raises(InputError, match="train.steps"):
+        load_config(p)
+    p.write_text('[hypernet]\nshared_lora = 1\n')
+    with pytest.raises(InputError, match="hypernet.shared_lora"):
         load_config(p)
     p.write_text('[train]\nmethod = "oppu"\n')
     with pytest.raises(InputError, match="train.method"):

@@ -33,6 +33,9 @@ class HypernetCfg:
     a_init_scale: float = 0.1
     type_emb_dim: int = 32
     depth_emb_dim: int = 32
+    # true: A = A_shared[l, m] + A_hyper(e, l, m) (same for B), with free per-(layer, module) shared matrices that
+    # learn the common adaptation as fast as MT-LoRA does, so the MLP only has to model how users differ
+    shared_lora: bool = False
 
 
 @dataclass
@@ -99,7 +102,10 @@ def _fill(cls, data: dict, path: Path, prefix: str):
             v = _fill(sub, v, path, f"{k}.")
         else:
             default = known[k].default if known[k].default is not field else None
-            if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(default, bool):
+                if not isinstance(v, bool):
+                    raise InputError(path, f"must be true or false, got {type(v).__name__}", field=prefix + k)
+            elif isinstance(default, (int, float)):
                 if not isinstance(v, (int, float)) or isinstance(v, bool):
                     raise InputError(path, f"must be a number, got {type(v).__name__}", field=prefix + k)
                 v = type(default)(v)

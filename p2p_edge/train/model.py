@@ -61,6 +61,12 @@ class HyperNet(nn.Module):
             self.head_a[m].weight.data.mul_(cfg.a_init_scale)
             nn.init.zeros_(self.head_b[m].weight)
             nn.init.zeros_(self.head_b[m].bias)
+        if cfg.shared_lora:  # zero B keeps delta W = 0 at step 0; A as in MT-LoRA (SharedLora)
+            self.shared_a = nn.ParameterDict(
+                {m: nn.Parameter(torch.randn(L, r, cfg.module_shapes[m][0]) / cfg.module_shapes[m][0] ** 0.5)
+                 for m in cfg.modules})
+            self.shared_b = nn.ParameterDict(
+                {m: nn.Parameter(torch.zeros(L, cfg.module_shapes[m][1], r)) for m in cfg.modules})
         # Fixed index grids so one forward covers every (module, layer) pair.
         self.register_buffer("layer_idx", torch.arange(L), persistent=False)
 
@@ -76,8 +82,11 @@ class HyperNet(nn.Module):
             x = torch.cat([e[:, None, :].expand(bsz, L, -1), cond[None].expand(bsz, L, -1)], dim=-1)
             h = self.trunk(x)  # (batch, L, hidden)
             n_in, n_out = cfg.module_shapes[m]
-            out[f"{m}.lora_a"] = self.head_a[m](h).view(bsz, L, r, n_in)
-            out[f"{m}.lora_b"] = self.head_b[m](h).view(bsz, L, n_out, r)
+            a = self.head_a[m](h).view(bsz, L, r, n_in)
+            b = self.head_b[m](h).view(bsz, L, n_out, r)
+            if cfg.shared_lora:
+                a, b = a + self.shared_a[m], b + self.shared_b[m]
+            out[f"{m}.lora_a"], out[f"{m}.lora_b"] = a, b
         return out
 
 
