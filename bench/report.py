@@ -71,11 +71,19 @@ def oppu_text(meta: dict) -> str:
             f"{o['max_items']} most recent history items as task examples), {who}.")
 
 
+def query_text(meta: dict) -> str:
+    n = meta["queries_per_user_task"]
+    if meta.get("query_limit_kinds"):  # runs since the limit applies to free-text tasks only
+        return (f"each test user's {n} most recent reserved queries per generation task and all reserved queries of "
+                "the other tasks; `p2p_shuffled` = the hypernet fed another test user's profile from the same dataset")
+    return f"each test user's {n} most recent reserved queries per task"
+
+
 def quality_section(q: dict) -> list[str]:
     meta = q["meta"]
     lines = ["## Quality on held-out users", "",
-             f"Hypernet `{meta['hypernet']}`; each test user's {meta['queries_per_user_task']} most recent reserved "
-             "queries per task; metrics pooled within users, [95% CI] resamples users (1000 draws). "
+             f"Hypernet `{meta['hypernet']}`; {query_text(meta)}; metrics pooled within users, [95% CI] resamples "
+             "users (1000 draws). "
              "`prior` = the best non-LLM user rule, chosen on validation users. `rag` = the top-"
              f"{meta['top_k']} profile items most similar to the query in the prompt; `pag` = habits + LLM summary + "
              "the same items in the prompt (P2P's profile as text). " + oppu_text(meta), ""]

@@ -45,7 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="test users per split and dataset for quality (default all; quick 3)")
     ap.add_argument("--oppu-test-users", type=int, default=None,
                     help="OPPU quality on this many test users per split and dataset (default 8; 0 = all)")
-    ap.add_argument("--queries-per-user-task", type=int, default=None, help="default 4; quick 1")
+    ap.add_argument("--queries-per-user-task", type=int, default=None,
+                    help="most recent queries per user of each generation task (default 4; quick 1); "
+                         "rating and classification tasks keep all reserved queries")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--decode-pairs", type=int, default=15, help="interleaved base/adapter decode-speed measurements")
@@ -199,7 +201,8 @@ def main(argv=None) -> int:
                                                top_k=int(cfg.profiles.top_k), oppu_uids=oppu_uids, log=log)
         q = {"meta": {"hypernet": client.hypernet.card.id, "config": str(args.config.resolve().relative_to(ROOT))
                       if args.config.resolve().is_relative_to(ROOT) else str(args.config),
-                      "queries_per_user_task": args.queries_per_user_task, "top_k": int(cfg.profiles.top_k),
+                      "queries_per_user_task": args.queries_per_user_task, "query_limit_kinds": ["generation"],
+                      "shuffle": "same_dataset", "top_k": int(cfg.profiles.top_k),
                       "n_test_users": {s: len(u) for s, u in tests.items()},
                       "primary_metric": {t: corpus.tasks[t].metrics[0] for t in corpus.tasks},
                       "oppu": asdict(trainer.cfg), "oppu_test_users_per_split_dataset": args.oppu_test_users,

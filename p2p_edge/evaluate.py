@@ -57,13 +57,18 @@ def hypernet_adapters(hypernet, base, emb: np.ndarray, index: dict[str, int], *,
     return adapter_for
 
 
-def limit_queries(corpus, uids: list[str], per_user_task: int) -> None:
-    """Keep each eval user's most recent `per_user_task` queries per task (bounds CPU time; users weigh equally)."""
+def limit_queries(corpus, uids: list[str], per_user_task: int, kinds: tuple[str, ...] = ("generation",)) -> None:
+    """Keep each eval user's most recent `per_user_task` queries of every task whose kind is in `kinds` (the
+    expensive free-text answers; bounds CPU time). Tasks of other kinds (ratings, classes: answers of a few tokens)
+    keep all reserved queries, so their per-user scores rest on every query the protocol reserves."""
     if per_user_task <= 0:
         return
     for u in uids:
         kept, seen = [], {}
         for ex in reversed(corpus.examples[u]):
+            if corpus.tasks[ex.task].kind not in kinds:
+                kept.append(ex)
+                continue
             seen[ex.task] = seen.get(ex.task, 0) + 1
             if seen[ex.task] <= per_user_task:
                 kept.append(ex)
@@ -71,12 +76,24 @@ def limit_queries(corpus, uids: list[str], per_user_task: int) -> None:
 
 
 def derangement(uids: list[str], seed: int = 0) -> dict[str, str]:
-    """Each user gets another user's profile (no fixed points): the shuffled-profile control."""
+    """Each user gets another user's profile (no fixed points): the shuffled-profile control. Donors come from
+    the same dataset (uid prefix "<dataset>/"), so the control is an in-domain profile of someone else, not an
+    off-domain one that is trivially wrong; a dataset with a single user takes its donor from the others."""
     rng = random.Random(seed)
-    perm = uids[:]
-    while len(uids) > 1 and any(a == b for a, b in zip(uids, perm)):
-        rng.shuffle(perm)
-    return dict(zip(uids, perm))
+    groups: dict[str, list[str]] = {}
+    for u in uids:
+        groups.setdefault(u.split("/", 1)[0] if "/" in u else "", []).append(u)
+    out: dict[str, str] = {}
+    for members in groups.values():
+        if len(members) == 1:
+            others = [u for u in uids if u != members[0]]
+            out[members[0]] = rng.choice(others) if others else members[0]  # one user in all: nobody to swap with
+            continue
+        perm = members[:]
+        while any(a == b for a, b in zip(members, perm)):
+            rng.shuffle(perm)
+        out.update(zip(members, perm))
+    return out
 
 
 def prior_answers(corpus, uids: list[str], train_uids: list[str], val_uids: list[str]) -> dict:

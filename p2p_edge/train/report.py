@@ -5,8 +5,8 @@
 
 Methods (all answered by llama.cpp on the same queries with the same greedy decoding):
 base (no adapter), prior (best non-LLM user rule, picked on validation users), mt_lora (one shared LoRA,
-same data and steps), p2p (the user's own profile), p2p_shuffled (another test user's profile), and with
---ablations p2p_summary_only / p2p_retrieval_only (profile variants fed to the same hypernet).
+same data and steps), p2p (the user's own profile), p2p_shuffled (another held-out user's profile from the
+same dataset), and with --ablations p2p_summary_only / p2p_retrieval_only (profile variants fed to the same hypernet).
 """
 
 from __future__ import annotations
@@ -50,10 +50,11 @@ def _fmt(d: dict, m: str) -> str:
 def render_markdown(results: dict) -> str:
     """Tables per split: every method on every task's metrics, then paired P2P differences."""
     lines = ["# Shipped hypernet: held-out users", "",
-             f"Queries: each test user's {results['queries_per_user_task']} most recent reserved items per task; "
+             f"Queries: each {results.get('part', 'test')} user's {results['queries_per_user_task']} most recent "
+             "reserved items per generation task and every reserved item of the other tasks; "
              "values are pooled within users; [95% CI] resamples users (1000 bootstrap draws).", ""]
     for split, r in results["splits"].items():
-        lines += [f"## {split} split ({r['n_test_users']} test users)", ""]
+        lines += [f"## {split} split ({r['n_test_users']} {results.get('part', 'test')} users)", ""]
         methods = [m for m in METHOD_ORDER if m in r["methods"]]
         tasks = sorted({t for m in methods for t in r["methods"][m]})
         for task in tasks:
@@ -90,7 +91,10 @@ def main(argv=None) -> int:
     ap.add_argument("--p2p", type=Path, required=True, help="hypernet checkpoint (last.pt)")
     ap.add_argument("--mt-lora", type=Path, required=True, help="MT-LoRA checkpoint (last.pt)")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--queries-per-user-task", type=int, default=4)
+    ap.add_argument("--queries-per-user-task", type=int, default=4,
+                    help="most recent queries per user of each generation task (ratings/classes: all reserved)")
+    ap.add_argument("--part", choices=("test", "val"), default="test",
+                    help="val: score validation users instead, to choose between candidate runs without test users")
     ap.add_argument("--ablations", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -108,13 +112,13 @@ def main(argv=None) -> int:
     hyper.card.check_base(llm.spec)
     mt_path = write_adapter(out / "mt_lora.gguf", shared_lora_weights(args.mt_lora), llm.spec, dtype="f16")
 
-    test_uids = sorted(set(corpus.splits["random"]["test"]) | set(corpus.splits["ood"]["test"]))
+    test_uids = sorted(set(corpus.splits["random"][args.part]) | set(corpus.splits["ood"][args.part]))
     limit_queries(corpus, test_uids, args.queries_per_user_task)
     log = lambda m: print(f"[{time.time() - t0:7.0f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
 
     # Answers that do not depend on the split are computed once for the union of both splits' test users.
     shared: dict[str, dict] = {}
-    log(f"{len(test_uids)} test users (both splits), {sum(len(corpus.examples[u]) for u in test_uids)} queries each method")
+    log(f"{len(test_uids)} {args.part} users (both splits), {sum(len(corpus.examples[u]) for u in test_uids)} queries each method")
     shared["base"] = run_adapter_method(llm, corpus, test_uids, lambda u, t: None)
     log("base done")
     shared["mt_lora"] = run_adapter_method(llm, corpus, test_uids, lambda u, t: mt_path)
@@ -128,14 +132,14 @@ def main(argv=None) -> int:
             log(f"p2p_{v} done")
 
     results = {"config": str(args.config), "checkpoints": {"p2p": str(args.p2p), "mt_lora": str(args.mt_lora)},
-               "queries_per_user_task": args.queries_per_user_task, "splits": {}}
+               "queries_per_user_task": args.queries_per_user_task, "part": args.part, "splits": {}}
     for split in ("random", "ood"):
-        uids = corpus.splits[split]["test"]
+        uids = corpus.splits[split][args.part]
         ans = {m: {u: a[u] for u in uids} for m, a in shared.items()}
         ans["p2p_shuffled"] = run_adapter_method(
             llm, corpus, uids, hypernet_adapters(hyper, llm.spec, corpus.emb["full"], index, donor=derangement(uids, seed=1)))
         train_u = corpus.part("both", "train")
-        val_u = corpus.splits[split]["val"]
+        val_u = corpus.splits[split]["val"]  # with --part val the rule is picked on the users it is scored on
         ans["prior"] = prior_answers(corpus, uids, train_u, val_u)
         log(f"{split}: shuffled + prior done")
         table = user_metric_table(ans, corpus.tasks)
