@@ -40,3 +40,18 @@ def test_limit_queries_bounds_generation_tasks_only():
     assert [e.n for e in kept if e.task == "cat"] == list(range(10))   # cheap answers: every reserved query
     limit_queries(corpus, ["u"], 0)
     assert corpus.examples["u"] == kept
+
+
+def test_validation_users_never_include_a_test_user_of_either_split():
+    import pytest
+    pytest.importorskip("torch")
+    from p2p_edge.train.select import score, validation_users
+
+    splits = {"random": {"train": ["a"], "val": ["b", "c"], "test": ["d"]},
+              "ood": {"train": ["a"], "val": ["b", "d"], "test": ["c"]}}
+    assert validation_users(SimpleNamespace(splits=splits)) == {"random": ["b"], "ood": ["b"]}
+    tasks = {"cat": SimpleNamespace(metrics=["accuracy"]), "stars": SimpleNamespace(metrics=["mae"])}
+    table = {"random": {"cat": {"accuracy": 0.6}, "stars": {"mae": 0.5}},
+             "ood": {"cat": {"accuracy": 0.4}, "stars": {"mae": 0.3}}}
+    assert score(table, tasks, "cat", splits) == 0.5
+    assert score(table, tasks, "stars", splits) == -0.4  # lower mae is better: higher score

@@ -112,7 +112,10 @@ def main(argv=None) -> int:
     hyper.card.check_base(llm.spec)
     mt_path = write_adapter(out / "mt_lora.gguf", shared_lora_weights(args.mt_lora), llm.spec, dtype="f16")
 
-    test_uids = sorted(set(corpus.splits["random"][args.part]) | set(corpus.splits["ood"][args.part]))
+    every_test = set(corpus.splits["random"]["test"]) | set(corpus.splits["ood"]["test"])
+    users_of = {s: [u for u in corpus.splits[s][args.part] if args.part == "test" or u not in every_test]
+                for s in ("random", "ood")}  # a random-split val user may be an OOD test user: never score it here
+    test_uids = sorted(set(users_of["random"]) | set(users_of["ood"]))
     limit_queries(corpus, test_uids, args.queries_per_user_task)
     log = lambda m: print(f"[{time.time() - t0:7.0f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
 
@@ -134,7 +137,7 @@ def main(argv=None) -> int:
     results = {"config": str(args.config), "checkpoints": {"p2p": str(args.p2p), "mt_lora": str(args.mt_lora)},
                "queries_per_user_task": args.queries_per_user_task, "part": args.part, "splits": {}}
     for split in ("random", "ood"):
-        uids = corpus.splits[split][args.part]
+        uids = users_of[split]
         ans = {m: {u: a[u] for u in uids} for m, a in shared.items()}
         ans["p2p_shuffled"] = run_adapter_method(
             llm, corpus, uids, hypernet_adapters(hyper, llm.spec, corpus.emb["full"], index, donor=derangement(uids, seed=1)))
