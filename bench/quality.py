@@ -12,8 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from p2p_edge.evaluate import (derangement, hypernet_adapters, paired_diff, prior_answers, run_adapter_method,
-                               to_json, user_metric_table)
+from p2p_edge.evaluate import hypernet_adapters, run_adapter_method, score_split, to_json
 from p2p_edge.profile import item_habits, item_text, profile_text, retrieve
 
 METHODS = ("base", "prior", "rag", "pag", "mt_lora", "oppu", "p2p", "p2p_shuffled", "p2p_summary_only",
@@ -82,12 +81,10 @@ def run_quality(corpus, tests: dict[str, list[str]], *, llm, hypernet, encoder, 
     quality, paired = {}, {}
     for split in ("random", "ood"):
         uids = tests[split]
-        ans = {m: {u: a[u] for u in uids if u in a} for m, a in methods.items()}
-        ans["p2p_shuffled"] = run_adapter_method(
-            llm, corpus, uids, hypernet_adapters(hypernet, spec, corpus.emb["full"], index, donor=derangement(uids, seed=1)))
-        ans["prior"] = prior_answers(corpus, uids, corpus.part("both", "train"), corpus.splits[split]["val"])
-        table = to_json(user_metric_table(ans, corpus.tasks))
-        diffs = to_json({f"p2p-{m}": paired_diff(ans, "p2p", m, corpus.tasks) for m in METHODS if m in ans and m != "p2p"})
+        _, table, diffs = score_split(llm, corpus, uids, methods, hypernet, corpus.emb["full"], index,
+                                      train_uids=corpus.part("both", "train"),
+                                      val_uids=corpus.splits[split]["val"], compare=METHODS)
+        table, diffs = to_json(table), to_json(diffs)
         quality[split] = reshape(table, corpus.tasks)
         paired[split] = reshape(diffs, corpus.tasks)
         log(f"quality: {split} split scored ({len(uids)} users)")

@@ -17,12 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..adapter import LoraWeights, write_adapter
-from ..evaluate import (derangement, hypernet_adapters, limit_queries, paired_diff, prior_answers,
-                        run_adapter_method, to_json, user_metric_table)
+from ..evaluate import hypernet_adapters, limit_queries, run_adapter_method, score_split, to_json
 from ..fileio import atomic_write_text, ensure_private_dir
 
 COMPARE = ("mt_lora", "p2p_shuffled", "base", "prior")
@@ -138,15 +136,11 @@ def main(argv=None) -> int:
                "queries_per_user_task": args.queries_per_user_task, "part": args.part, "splits": {}}
     for split in ("random", "ood"):
         uids = users_of[split]
-        ans = {m: {u: a[u] for u in uids} for m, a in shared.items()}
-        ans["p2p_shuffled"] = run_adapter_method(
-            llm, corpus, uids, hypernet_adapters(hyper, llm.spec, corpus.emb["full"], index, donor=derangement(uids, seed=1)))
-        train_u = corpus.part("both", "train")
-        val_u = corpus.splits[split]["val"]  # with --part val the rule is picked on the users it is scored on
-        ans["prior"] = prior_answers(corpus, uids, train_u, val_u)
+        # with --part val the prior's rule is picked on the users it is scored on
+        ans, table, diffs = score_split(llm, corpus, uids, shared, hyper, corpus.emb["full"], index,
+                                        train_uids=corpus.part("both", "train"),
+                                        val_uids=corpus.splits[split]["val"], compare=COMPARE)
         log(f"{split}: shuffled + prior done")
-        table = user_metric_table(ans, corpus.tasks)
-        diffs = {f"p2p-{b}": paired_diff(ans, "p2p", b, corpus.tasks) for b in COMPARE if b in ans}
         results["splits"][split] = {
             "n_test_users": len(uids),
             "methods": to_json(table),
