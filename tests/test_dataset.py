@@ -62,9 +62,10 @@ def summaries_for(tmp_path, data, users):
     return out
 
 
-def config(tmp_path, **kw):
+def config(tmp_path, extra_cuts=None, **kw):
     return Config(tasks_config=str(tmp_path / "tasks.toml"), tasks=["cat"], out_dir=str(tmp_path / "run"),
-                  profiles=ProfilesCfg(summaries_dir=str(tmp_path / "profiles"), default_query_items=2), **kw)
+                  profiles=ProfilesCfg(summaries_dir=str(tmp_path / "profiles"), default_query_items=2,
+                                       extra_cuts=extra_cuts or {}), **kw)
 
 
 def test_missing_summaries_are_an_error_or_kept_without_summary(tmp_path, dataset):
@@ -88,3 +89,46 @@ def test_splits_file_fixes_the_users_of_every_part(tmp_path, dataset):
     save_splits(tmp_path / "splits.json", fixed)
     got = load_corpus(config(tmp_path, splits_file=str(tmp_path / "splits.json")), HashEncoder()).splits
     assert {s: {p: sorted(v) for p, v in got[s].items()} for s in got} == load_splits(tmp_path / "splits.json")
+
+
+def test_extra_cuts_add_training_users_from_earlier_history_only(tmp_path, dataset):
+    from p2p_edge.train.profiles import earlier_cuts
+
+    users = [json.loads(line) for line in open(dataset)]
+    out = summaries_for(tmp_path, dataset, {u["user_id"] for u in users})
+    with pytest.raises(P2PError, match="extra cuts have no cached summary"):
+        load_corpus(config(tmp_path, extra_cuts={"news": 2}), HashEncoder())
+    with open(out / "news.summaries.jsonl", "a") as f:
+        for u in users:
+            for c in earlier_cuts(u, 2, 2):
+                f.write(json.dumps({"user_id": u["user_id"], "cutoff": len(profile_items(c, 2)), "summary": "older"}) + "\n")
+    plain = load_corpus(config(tmp_path), HashEncoder())
+    corpus = load_corpus(config(tmp_path, extra_cuts={"news": 2}), HashEncoder())
+    assert corpus.splits == plain.splits  # the cuts never enter the saved splits
+    train = set(plain.part("both", "train"))
+    # 6 items, 2 queries: one earlier cut per user (profile 2 items, queries items 2-3); only train users give cuts
+    assert sorted(u.split("@")[0] for u in corpus.extra_train) == sorted(train)
+    assert set(corpus.part("both", "train")) == train | set(corpus.extra_train)
+    assert set(corpus.part("random", "train")) == set(plain.part("random", "train")) | set(corpus.extra_train)
+    assert corpus.part("both", "test") == plain.part("both", "test")
+    for u in corpus.extra_train:
+        assert u.endswith("@2") and corpus.profiles[u]["summary"] == "older"
+        prof = {it["id"] for it in corpus.profiles[u]["items"]}
+        targets = [ex.item["id"] for ex in corpus.examples[u]]
+        assert len(targets) == 2 and not prof & set(targets)
+        real = u.split("@")[0]
+        assert targets == [it["id"] for it in corpus.profiles[real]["items"][2:4]]  # just before the real queries
+    assert corpus.emb["full"].shape == (len(corpus.uids), 8) and len(corpus.uids) == 20 + len(corpus.extra_train)
+    idx = corpus.index()
+    u = corpus.extra_train[0]
+    assert not np.allclose(corpus.emb["full"][idx[u]], corpus.emb["full"][idx[u.split("@")[0]]])
+
+
+def test_earlier_cuts_keep_a_profile_at_least_as_long_as_the_queries():
+    from p2p_edge.train.profiles import earlier_cuts
+
+    u = {"user_id": "x", "history": [{"id": str(i)} for i in range(10)]}
+    assert [len(c["history"]) for c in earlier_cuts(u, 2, 5)] == [8, 6, 4]  # profile 2 left at the last cut
+    assert [len(c["history"]) for c in earlier_cuts(u, 3, 5)] == [7]         # 4 - 3 < 3: no second cut
+    assert earlier_cuts(u, 2, 0) == [] and earlier_cuts({"user_id": "y", "history": [{"id": "0"}]}, 2, 3) == []
+    assert all(c["user_id"] == "x" for c in earlier_cuts(u, 2, 5))

@@ -21,6 +21,9 @@ class ProfilesCfg:
     default_query_items: int = 2
     max_users: dict = field(default_factory=dict)     # dataset name -> deterministic subsample size (0/absent = all)
     summaries_dir: str = "../runs/profiles"
+    # dataset name -> N: each TRAIN user also gives up to N earlier (profile, queries) cuts as extra training users
+    # (more distinct profiles and examples from long histories; their summaries: `profiles summaries --extra-cuts N`)
+    extra_cuts: dict = field(default_factory=dict)
     variant: str = "full"     # full | summary_only | retrieval_only (ablations)
 
 

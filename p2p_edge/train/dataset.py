@@ -12,7 +12,7 @@ dataset's tasks have held-out users in both splits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,8 @@ from ..errors import P2PError
 from ..tasks import Task, load_config as load_task_config
 from .config import Config, dataset_name
 from .data import SPLIT_PARTS, load_splits, ood_split, random_split, read_users, resolve_task_labels
-from .profiles import VARIANTS, embed_profiles, load_summaries, n_query_items, profile_items, subsample_users
+from .profiles import (VARIANTS, earlier_cuts, embed_profiles, load_summaries, n_query_items, profile_items,
+                       subsample_users)
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Corpus:
     examples: dict[str, list[Example]]    # uid -> reserved-query examples (all tasks)
     tasks: dict[str, Task]
     splits: dict[str, dict[str, list[str]]]   # {"random"|"ood": {"train"|"val"|"test": [uid]}}
+    # earlier cuts of train users ("<dataset>/<user_id>@<profile length>"): training only, never in `splits`
+    extra_train: list[str] = field(default_factory=list)
 
     def index(self) -> dict[str, int]:
         return {u: i for i, u in enumerate(self.uids)}
@@ -48,11 +51,11 @@ class Corpus:
     def part(self, split: str, part: str) -> list[str]:
         """Users of one part; split "both" = train users of both splits, val users of either (never a test user)."""
         if split != "both":
-            return self.splits[split][part]
+            return self.splits[split][part] + (self.extra_train if part == "train" else [])
         r, o = self.splits["random"], self.splits["ood"]
         test = set(r["test"]) | set(o["test"])
         if part == "train":
-            return sorted(set(r["train"]) & set(o["train"]))
+            return sorted(set(r["train"]) & set(o["train"])) + self.extra_train
         if part == "val":
             return sorted((set(r["val"]) | set(o["val"])) - test)
         return sorted(test)
@@ -66,7 +69,7 @@ def load_corpus(cfg: Config, encoder, *, max_users: dict | None = None, require_
     for t in tasks.values():
         by_dataset.setdefault(Path(t.dataset), []).append(t)
 
-    uids, emb_parts, profiles, examples = [], {v: [] for v in VARIANTS}, {}, {}
+    uids, emb_parts, profiles, examples, extra_train = [], {v: [] for v in VARIANTS}, {}, {}, []
     splits = {"random": {"train": [], "val": [], "test": []}, "ood": {"train": [], "val": [], "test": []}}
     resolved: dict[str, Task] = {}
     # a splits file (e.g. another run's splits.json) fixes the users of every part, so runs compare on the same users
@@ -101,10 +104,22 @@ def load_corpus(cfg: Config, encoder, *, max_users: dict | None = None, require_
         train_ids = set(rnd["train"]) & set(ood["train"])
         for t in ds_tasks:
             resolved[t.name] = resolve_task_labels(t, users, train_ids) if t.kind == "classification" else t
-        for u in users:
-            uid = f"{ds}/{u['user_id']}"
-            uids.append(uid)
+        n_cuts = int(cfg.profiles.extra_cuts.get(ds, 0))
+        cuts = [c for u in users if u["user_id"] in train_ids for c in earlier_cuts(u, q, n_cuts)]
+        no_summary = [c["user_id"] for c in cuts if (c["user_id"], len(profile_items(c, q))) not in summaries]
+        if no_summary and require_summaries:
+            raise P2PError(f"{ds}: {len(no_summary)} extra cuts have no cached summary (first: {no_summary[0]}); run "
+                           f"`python -m p2p_edge.train.profiles summaries --extra-cuts {n_cuts}` first")
+        cuts = [c for c in cuts if (c["user_id"], len(profile_items(c, q))) in summaries]
+        if cuts:
+            cut_embs = embed_profiles(encoder, cuts, q, summaries, top_k=cfg.profiles.top_k)
+            embs = {v: np.concatenate([embs[v], cut_embs[v]]) for v in embs}
+        for n, u in enumerate(users + cuts):
             items = profile_items(u, q)
+            uid = f"{ds}/{u['user_id']}" + (f"@{len(items)}" if n >= len(users) else "")
+            uids.append(uid)
+            if n >= len(users):
+                extra_train.append(uid)
             profiles[uid] = {"summary": summaries.get((u["user_id"], len(items))), "items": items}
             reserved = u["history"][len(u["history"]) - n_query_items(u, q):]
             examples[uid] = [Example(uid, t.name, resolved[t.name].render(it), resolved[t.name].target(it), it)
@@ -112,4 +127,4 @@ def load_corpus(cfg: Config, encoder, *, max_users: dict | None = None, require_
         for v in VARIANTS:
             emb_parts[v].append(embs[v])
     emb = {v: np.concatenate(p).astype(np.float32) for v, p in emb_parts.items()}
-    return Corpus(uids, emb, profiles, examples, resolved, splits)
+    return Corpus(uids, emb, profiles, examples, resolved, splits, extra_train)

@@ -47,6 +47,21 @@ def profile_items(user: dict, query_items: int) -> list[dict]:
     return h[: len(h) - n_query_items(user, query_items)]
 
 
+def earlier_cuts(user: dict, query_items: int, extra_cuts: int) -> list[dict]:
+    """Up to `extra_cuts` truncated copies of a user for training-data augmentation: copy j ends `j * q` items
+    before the reserved queries (q = n_query_items), so its own last q items are its queries and its profile is
+    everything before them; a copy is made only while its profile keeps at least q items. Each copy keeps the
+    real user_id (its summary is cached under (user_id, its profile length))."""
+    h, q = user["history"], n_query_items(user, query_items)
+    out = []
+    for j in range(1, extra_cuts + 1):
+        end = len(h) - j * q
+        if q == 0 or end - q < q:
+            break
+        out.append({**user, "history": h[:end]})
+    return out
+
+
 def subsample_users(user_ids: list[str], n: int, seed: int = 0) -> list[str]:
     """A deterministic subsample of n users (sha1 of seed:user_id order); all when n <= 0 or n >= len."""
     if n <= 0 or n >= len(user_ids):
@@ -71,8 +86,9 @@ def load_summaries(path: Path) -> dict[tuple[str, int], str]:
 
 
 def build_summaries(data: Path, query_items: int, out: Path, *, limit: int | None = None,
-                    threads: int | None = None, user_ids: set[str] | None = None) -> int:
-    """Generate missing summaries; returns how many were generated. Safe to interrupt and re-run."""
+                    threads: int | None = None, user_ids: set[str] | None = None, extra_cuts: int = 0) -> int:
+    """Generate missing summaries (also for each user's `extra_cuts` earlier cuts, see earlier_cuts); returns how
+    many were generated. Safe to interrupt and re-run."""
     from ..runtime import LocalLLM
 
     done = load_summaries(out)
@@ -80,22 +96,24 @@ def build_summaries(data: Path, query_items: int, out: Path, *, limit: int | Non
     psha, n, t0 = prompt_sha(), 0, time.time()
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a", encoding="utf-8") as f:
-        for user in read_user_file(data):
-            if user_ids is not None and user["user_id"] not in user_ids:
+        for real in read_user_file(data):
+            if user_ids is not None and real["user_id"] not in user_ids:
                 continue
-            items = profile_items(user, query_items)
-            key = (user["user_id"], len(items))
-            if key in done or not items:
-                continue
-            s = generate_summary(llm, items)
-            f.write(json.dumps({"user_id": key[0], "cutoff": key[1], "summary": s, "prompt_sha": psha,
-                                "base_sha256": llm.spec.sha256}, ensure_ascii=False) + "\n")
-            f.flush()
-            n += 1
-            if n % 25 == 0:
-                print(f"{n} summaries, {(time.time() - t0) / n:.2f} s each", file=sys.stderr, flush=True)
-            if limit and n >= limit:
-                break
+            for user in [real, *earlier_cuts(real, query_items, extra_cuts)]:
+                items = profile_items(user, query_items)
+                key = (user["user_id"], len(items))
+                if key in done or not items:
+                    continue
+                s = generate_summary(llm, items)
+                f.write(json.dumps({"user_id": key[0], "cutoff": key[1], "summary": s, "prompt_sha": psha,
+                                    "base_sha256": llm.spec.sha256}, ensure_ascii=False) + "\n")
+                f.flush()
+                done[key] = s
+                n += 1
+                if n % 25 == 0:
+                    print(f"{n} summaries, {(time.time() - t0) / n:.2f} s each", file=sys.stderr, flush=True)
+                if limit and n >= limit:
+                    return n
     return n
 
 
@@ -127,11 +145,14 @@ def main(argv=None) -> int:
     s.add_argument("--threads", type=int)
     s.add_argument("--max-users", type=int, default=0, help="deterministic subsample of this many users (0 = all)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--extra-cuts", type=int, default=0,
+                   help="also summarise each user's N earlier cuts (training augmentation, profiles.extra_cuts)")
     args = ap.parse_args(argv)
     ids = None
     if args.max_users:
         ids = set(subsample_users([u["user_id"] for u in read_user_file(args.data)], args.max_users, args.seed))
-    n = build_summaries(args.data, args.query_items, args.out, limit=args.limit, threads=args.threads, user_ids=ids)
+    n = build_summaries(args.data, args.query_items, args.out, limit=args.limit, threads=args.threads, user_ids=ids,
+                        extra_cuts=args.extra_cuts)
     print(f"generated {n} summaries -> {args.out}")
     return 0
 
