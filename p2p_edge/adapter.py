@@ -339,9 +339,10 @@ def _parse_kv(cur: _Cursor, n_kv: int) -> dict[str, tuple[GGUFValueType, object]
     kv: dict[str, tuple[GGUFValueType, object]] = {}
     for i in range(n_kv):
         key = cur.string(f"metadata key #{i}")
-        # llama.cpp looks keys up as C strings: "general.type\0x" would shadow "general.type" there
-        if not key or key in kv or "\0" in key:
-            raise _Invalid(f"metadata key #{i} {key!r} is empty, duplicated or contains NUL")
+        # llama.cpp looks keys up as C strings: "general.type\0x" would shadow "general.type" there; other control
+        # characters (a newline) are never in a real key and would break our one-line error messages
+        if not key or key in kv or any(c < " " or c == "\x7f" for c in key):
+            raise _Invalid(f"metadata key #{i} {key!r} is empty, duplicated or contains a control character")
         vtype = _value_type(cur.u32(f"type of '{key}'"), key)
         kv[key] = (vtype, _parse_value(cur, vtype, key))
     return kv

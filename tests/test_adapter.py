@@ -225,7 +225,8 @@ FOREIGN = {k: None for k in ("p2p.base.sha256", "p2p.base.name", "p2p.base.n_lay
     ({"adapter.lora.alpha": (float("nan"), F32)}, None, "llama", "finite"),
     ({"adapter.lora.alpha": (16.0, F64)}, None, "llama", "expected FLOAT32"),
     ({"general.type": (7, U32)}, None, "llama", "expected STRING"),
-    ({"general.type\0x": (7, U32)}, None, "llama", "contains NUL"),  # aborts llama.cpp (C-string key lookup)
+    ({"general.type\0x": (7, U32)}, None, "llama", "control character"),  # aborts llama.cpp (C-string key lookup)
+    ({"general.archi\necture": (7, U32)}, None, "llama", "control character"),  # found by the fuzzer: 2-line error
     ({}, None, "qwen2", "architecture 'qwen2'"),
     (OTHER_SHA, None, "llama", r"made for base model Other-1B \(sha cdcdcdcdcdcd…\), not tiny"),
     ({"p2p.base.n_layers": (3, U32)}, None, "llama", "n_layers"),
