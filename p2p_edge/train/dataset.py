@@ -106,11 +106,12 @@ def load_corpus(cfg: Config, encoder, *, max_users: dict | None = None, require_
             resolved[t.name] = resolve_task_labels(t, users, train_ids) if t.kind == "classification" else t
         n_cuts = int(cfg.profiles.extra_cuts.get(ds, 0))
         cuts = [c for u in users if u["user_id"] in train_ids for c in earlier_cuts(u, q, n_cuts)]
-        no_summary = [c["user_id"] for c in cuts if (c["user_id"], len(profile_items(c, q))) not in summaries]
-        if no_summary and require_summaries:
-            raise P2PError(f"{ds}: {len(no_summary)} extra cuts have no cached summary (first: {no_summary[0]}); run "
-                           f"`python -m p2p_edge.train.profiles summaries --extra-cuts {n_cuts}` first")
-        cuts = [c for c in cuts if (c["user_id"], len(profile_items(c, q))) in summaries]
+        with_summary = [c for c in cuts if (c["user_id"], len(profile_items(c, q))) in summaries]
+        if len(with_summary) < len(cuts) and require_summaries:
+            first = next(c["user_id"] for c in cuts if c not in with_summary)
+            raise P2PError(f"{ds}: {len(cuts) - len(with_summary)} extra cuts have no cached summary (first: {first}); "
+                           f"run `python -m p2p_edge.train.profiles summaries --extra-cuts {n_cuts}` first")
+        cuts = with_summary
         if cuts:
             cut_embs = embed_profiles(encoder, cuts, q, summaries, top_k=cfg.profiles.top_k)
             embs = {v: np.concatenate([embs[v], cut_embs[v]]) for v in embs}

@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     from ..runtime import LocalLLM
     from .config import load_config
     from .dataset import load_corpus
+    from .select import validation_users
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, required=True)
@@ -110,9 +111,9 @@ def main(argv=None) -> int:
     hyper.card.check_base(llm.spec)
     mt_path = write_adapter(out / "mt_lora.gguf", shared_lora_weights(args.mt_lora), llm.spec, dtype="f16")
 
-    every_test = set(corpus.splits["random"]["test"]) | set(corpus.splits["ood"]["test"])
-    users_of = {s: [u for u in corpus.splits[s][args.part] if args.part == "test" or u not in every_test]
-                for s in ("random", "ood")}  # a random-split val user may be an OOD test user: never score it here
+    # a random-split val user may be an OOD test user: validation_users never scores it here
+    users_of = (validation_users(corpus) if args.part == "val"
+                else {s: corpus.splits[s]["test"] for s in ("random", "ood")})
     test_uids = sorted(set(users_of["random"]) | set(users_of["ood"]))
     limit_queries(corpus, test_uids, args.queries_per_user_task)
     log = lambda m: print(f"[{time.time() - t0:7.0f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
