@@ -205,3 +205,30 @@ def to_json(table: dict) -> dict:
                     d[f"{m}_ci"] = [round(float(v[1]), 4), round(float(v[2]), 4)]
             res[method][task] = d
     return res
+
+
+# ----------------------------------------------------------------------------------------- verdicts
+LOWER_IS_BETTER = ("mae", "rmse")
+
+
+def verdict(diff: dict, metric: str) -> str | None:
+    """A paired P2P-minus-other difference (to_json form) on `metric`: "better", "worse", or "tie" when its
+    95% CI contains 0; None when the metric was not scored. Lower mae/rmse is better."""
+    if metric not in diff:
+        return None
+    lo, hi = diff[f"{metric}_ci"]
+    if lo <= 0 <= hi:
+        return "tie"
+    return "better" if (lo > 0) != (metric in LOWER_IS_BETTER) else "worse"
+
+
+def checks(paired_diffs: dict, primary: dict[str, str]) -> dict:
+    """comparison -> task -> {metric, diff, ci, verdict} on each task's primary metric: what a card states."""
+    out = {}
+    for comp, by_task in paired_diffs.items():
+        for task, d in by_task.items():
+            m = primary.get(task)
+            v = verdict(d, m) if m else None
+            if v is not None:
+                out.setdefault(comp, {})[task] = {"metric": m, "diff": d[m], "ci": d[f"{m}_ci"], "verdict": v}
+    return out

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..adapter import LoraWeights, write_adapter
-from ..evaluate import hypernet_adapters, limit_queries, run_adapter_method, score_split, to_json
+from ..evaluate import checks, hypernet_adapters, limit_queries, run_adapter_method, score_split, to_json
 from ..fileio import atomic_write_text, ensure_private_dir
 
 COMPARE = ("mt_lora", "p2p_shuffled", "base", "prior")
@@ -45,12 +45,28 @@ def _fmt(d: dict, m: str) -> str:
     return f"{d[m]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def checks_markdown(results: dict) -> list[str]:
+    """One table of what the card claims: P2P against each control, per split and task, on the primary metric."""
+    rows = []
+    for split, r in results["splits"].items():
+        for comp, by_task in r.get("checks", {}).items():
+            for task, c in by_task.items():
+                word = {"better": "**P2P better**", "worse": "P2P worse", "tie": "tie (CI contains 0)"}[c["verdict"]]
+                rows.append(f"| {split} | {task} | {comp} ({c['metric']}) | "
+                            f"{c['diff']:+.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}] | {word} |")
+    if not rows:
+        return []
+    return (["P2P minus each control on each task's primary metric (paired 95% CI over users):", "",
+             "| split | task | comparison | difference [95% CI] | verdict |", "|---|---|---|---:|---|"] + rows + [""])
+
+
 def render_markdown(results: dict) -> str:
     """Tables per split: every method on every task's metrics, then paired P2P differences."""
     lines = ["# Shipped hypernet: held-out users", "",
              f"Queries: each {results.get('part', 'test')} user's {results['queries_per_user_task']} most recent "
              "reserved items per generation task and every reserved item of the other tasks; "
              "values are pooled within users; [95% CI] resamples users (1000 bootstrap draws).", ""]
+    lines += checks_markdown(results)
     for split, r in results["splits"].items():
         lines += [f"## {split} split ({r['n_test_users']} {results.get('part', 'test')} users)", ""]
         methods = [m for m in METHOD_ORDER if m in r["methods"]]
@@ -75,6 +91,24 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def rerender(out: Path, cfg) -> int:
+    """Checks and markdown for a metrics.json written before checks existed (the answers are not rescored)."""
+    from ..tasks import load_config as load_tasks
+
+    path = out / "metrics.json"
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        print(f"error: {path}: {e}", file=sys.stderr)
+        return 2
+    tasks = load_tasks(cfg.resolve(cfg.tasks_config)).tasks
+    for r in results["splits"].values():
+        r["checks"] = checks(r["paired_diffs"], {t: tasks[t].metrics[0] for t in tasks})
+    atomic_write_text(path, json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "report.md", render_markdown(results))
+    return 0
+
+
 def main(argv=None) -> int:
     from export.hypernet import export as export_hypernet
 
@@ -87,9 +121,12 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, required=True)
-    ap.add_argument("--p2p", type=Path, required=True, help="hypernet checkpoint (last.pt)")
-    ap.add_argument("--mt-lora", type=Path, required=True, help="MT-LoRA checkpoint (last.pt)")
+    ap.add_argument("--p2p", type=Path, help="hypernet checkpoint (last.pt)")
+    ap.add_argument("--mt-lora", type=Path, help="MT-LoRA checkpoint (last.pt)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--rerender", action="store_true",
+                    help="no scoring: recompute the checks of OUT/metrics.json (tasks from --config) and rewrite "
+                         "OUT/metrics.json and OUT/report.md")
     ap.add_argument("--queries-per-user-task", type=int, default=4,
                     help="most recent queries per user of each generation task (ratings/classes: all reserved)")
     ap.add_argument("--part", choices=("test", "val"), default="test",
@@ -100,6 +137,10 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     cfg = load_config(args.config)
+    if args.rerender:
+        return rerender(args.out, cfg)
+    if not (args.p2p and args.mt_lora):
+        ap.error("--p2p and --mt-lora are required (unless --rerender)")
     out = ensure_private_dir(args.out)
     encoder = Encoder(threads=args.threads)
     corpus = load_corpus(cfg, encoder, max_users=cfg.profiles.max_users)
@@ -147,6 +188,8 @@ def main(argv=None) -> int:
             "methods": to_json(table),
             "paired_diffs": to_json(diffs),
         }
+        results["splits"][split]["checks"] = checks(results["splits"][split]["paired_diffs"],
+                                                    {t: corpus.tasks[t].metrics[0] for t in corpus.tasks})
         atomic_write_text(out / f"answers_{split}.json", json.dumps(ans))
     results["wall_s"] = round(time.time() - t0, 1)
     atomic_write_text(out / "metrics.json", json.dumps(results, indent=2) + "\n")

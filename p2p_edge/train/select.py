@@ -21,10 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluate import hypernet_adapters, limit_queries, run_adapter_method, to_json, user_metric_table
+from ..evaluate import LOWER_IS_BETTER, hypernet_adapters, limit_queries, run_adapter_method, to_json, user_metric_table
 from ..fileio import atomic_write_text
-
-LOWER_IS_BETTER = ("mae", "rmse")
 
 
 def validation_users(corpus) -> dict[str, list[str]]:
