@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-LOWER_BETTER = ("mae", "rmse")
+from p2p_edge.evaluate import verdict
 
 
 def _ci(d: dict, m: str) -> str:
@@ -13,14 +13,9 @@ def _ci(d: dict, m: str) -> str:
 
 
 def _verdict(diff: dict, metric: str) -> str:
-    """Paired P2P - other on the primary metric: better / worse / tie (CI crosses 0)."""
-    if metric not in diff:
-        return "–"
-    lo, hi = diff[f"{metric}_ci"]
-    if lo <= 0 <= hi:
-        return "tie (CI crosses 0)"
-    p2p_higher = lo > 0
-    return "**P2P better**" if p2p_higher != (metric in LOWER_BETTER) else "P2P worse"
+    """Paired P2P - other on the primary metric, in words for the report."""
+    v = verdict(diff, metric)
+    return {"better": "**P2P better**", "worse": "P2P worse", "tie": "tie (CI crosses 0)", None: "–"}[v]
 
 
 def latency_section(lat: dict) -> list[str]:
