@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from p2p_edge.evaluate import verdict
+from p2p_edge.evaluate import VERDICT_WORDS, verdict
 
 
 def _ci(d: dict, m: str) -> str:
@@ -14,8 +14,7 @@ def _ci(d: dict, m: str) -> str:
 
 def _verdict(diff: dict, metric: str) -> str:
     """Paired P2P - other on the primary metric, in words for the report."""
-    v = verdict(diff, metric)
-    return {"better": "**P2P better**", "worse": "P2P worse", "tie": "tie (CI crosses 0)", None: "–"}[v]
+    return VERDICT_WORDS[verdict(diff, metric)]
 
 
 def latency_section(lat: dict) -> list[str]:

@@ -222,6 +222,9 @@ def verdict(diff: dict, metric: str) -> str | None:
     return "better" if (lo > 0) != (metric in LOWER_IS_BETTER) else "worse"
 
 
+VERDICT_WORDS = {"better": "**P2P better**", "worse": "P2P worse", "tie": "tie (CI crosses 0)", None: "–"}
+
+
 def checks(paired_diffs: dict, primary: dict[str, str]) -> dict:
     """comparison -> task -> {metric, diff, ci, verdict} on each task's primary metric: what a card states."""
     out = {}

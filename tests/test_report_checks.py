@@ -49,7 +49,7 @@ def test_rerender_adds_checks_and_their_table(tmp_path):
     assert got["splits"]["random"]["checks"]["p2p-mt_lora"]["amazon_rating"]["metric"] == "mae"
     md = (tmp_path / "report.md").read_text()
     assert "| random | news_category | p2p-mt_lora (accuracy) | +0.100 [0.020, 0.200] | **P2P better** |" in md
-    assert "| random | news_category | p2p-p2p_shuffled (accuracy) | +0.010 [-0.060, 0.070] | tie (CI contains 0) |" in md
+    assert "| random | news_category | p2p-p2p_shuffled (accuracy) | +0.010 [-0.060, 0.070] | tie (CI crosses 0) |" in md
     assert "| random | amazon_rating | p2p-mt_lora (mae) | +0.100 [0.020, 0.190] | P2P worse |" in md
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..adapter import LoraWeights, write_adapter
-from ..evaluate import checks, hypernet_adapters, limit_queries, run_adapter_method, score_split, to_json
+from ..evaluate import VERDICT_WORDS, checks, hypernet_adapters, limit_queries, run_adapter_method, score_split, to_json
 from ..fileio import atomic_write_text, ensure_private_dir
 
 COMPARE = ("mt_lora", "p2p_shuffled", "base", "prior")
@@ -51,7 +51,7 @@ def checks_markdown(results: dict) -> list[str]:
     for split, r in results["splits"].items():
         for comp, by_task in r.get("checks", {}).items():
             for task, c in by_task.items():
-                word = {"better": "**P2P better**", "worse": "P2P worse", "tie": "tie (CI contains 0)"}[c["verdict"]]
+                word = VERDICT_WORDS[c["verdict"]]
                 rows.append(f"| {split} | {task} | {comp} ({c['metric']}) | "
                             f"{c['diff']:+.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}] | {word} |")
     if not rows:
