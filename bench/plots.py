@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from p2p_edge.metrics import LOWER_IS_BETTER  # noqa: E402
+
 COLORS = {"p2p_warm": "#1b9e77", "p2p_cold": "#66a61e", "oppu": "#d95f02"}
 
 
@@ -57,14 +59,14 @@ def quality_plots(quality: dict, tasks: dict, out: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.4), squeeze=False)
         for ax, task in zip(axes[0], names):
             methods = list(by_task[task])
-            metric = tasks[task].metrics[0]
+            metric = tasks[task].primary_metric
             vals = [by_task[task][m].get(metric, float("nan")) for m in methods]
             cis = [by_task[task][m].get("ci", [v, v]) for m, v in zip(methods, vals)]
             err = [[v - lo for v, (lo, _) in zip(vals, cis)], [hi - v for v, (_, hi) in zip(vals, cis)]]
             colors = ["#1b9e77" if m == "p2p" else "#7570b3" if m.startswith("p2p") else "#999999" for m in methods]
             ax.bar(range(len(methods)), vals, yerr=err, color=colors, capsize=3)
             ax.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=8)
-            better = "lower is better" if metric in ("mae", "rmse") else "higher is better"
+            better = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
             ax.set_title(f"{task}: {metric} ({better})", fontsize=9)
         fig.suptitle(f"{split} split: held-out users, 95% bootstrap CI over users", fontsize=10)
         fig.tight_layout()

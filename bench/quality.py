@@ -96,7 +96,7 @@ def reshape(table: dict, tasks: dict) -> dict:
     out: dict[str, dict] = {}
     for method, by_task in table.items():
         for task, mets in by_task.items():
-            primary = tasks[task].metrics[0]
+            primary = tasks[task].primary_metric
             d = dict(mets)
             if f"{primary}_ci" in d:
                 d["ci"] = d[f"{primary}_ci"]

@@ -204,7 +204,7 @@ def main(argv=None) -> int:
                       "queries_per_user_task": args.queries_per_user_task, "query_limit_kinds": ["generation"],
                       "shuffle": "same_dataset", "top_k": int(cfg.profiles.top_k),
                       "n_test_users": {s: len(u) for s, u in tests.items()},
-                      "primary_metric": {t: corpus.tasks[t].metrics[0] for t in corpus.tasks},
+                      "primary_metric": {t: corpus.tasks[t].primary_metric for t in corpus.tasks},
                       "oppu": asdict(trainer.cfg), "oppu_test_users_per_split_dataset": args.oppu_test_users,
                       "method_seconds": timings},
              "quality": quality, "paired": paired}

@@ -115,8 +115,8 @@ def prior_answers(corpus, uids: list[str], train_uids: list[str], val_uids: list
                         for ex in corpus.examples[u] if ex.task == name] for u in users}
             return rows, user_metric_table({"x": rows}, corpus.tasks)["x"].get(name, {})
 
-        primary = task.metrics[0]
-        lower_better = primary in ("mae", "rmse")
+        primary = task.primary_metric
+        lower_better = primary in M.LOWER_IS_BETTER
         best = None
         for rule in rules:
             _, table = score(rule, val_uids)
@@ -208,9 +208,6 @@ def to_json(table: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- verdicts
-LOWER_IS_BETTER = ("mae", "rmse")
-
-
 def verdict(diff: dict, metric: str) -> str | None:
     """A paired P2P-minus-other difference (to_json form) on `metric`: "better", "worse", or "tie" when its
     95% CI contains 0; None when the metric was not scored. Lower mae/rmse is better."""
@@ -219,7 +216,7 @@ def verdict(diff: dict, metric: str) -> str | None:
     lo, hi = diff[f"{metric}_ci"]
     if lo <= 0 <= hi:
         return "tie"
-    return "better" if (lo > 0) != (metric in LOWER_IS_BETTER) else "worse"
+    return "better" if (lo > 0) != (metric in M.LOWER_IS_BETTER) else "worse"
 
 
 VERDICT_WORDS = {"better": "**P2P better**", "worse": "P2P worse", "tie": "tie (CI crosses 0)", None: "–"}

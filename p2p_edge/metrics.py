@@ -30,8 +30,11 @@ import numpy as np
 __all__ = [
     "mae", "rmse", "rating_errors", "accuracy", "macro_f1",
     "tokenize", "rouge_n", "rouge_l", "rouge1", "rougeL", "mean_rouge1", "mean_rougeL",
-    "bootstrap_ci", "paired_bootstrap_ci", "bootstrap_stat", "group_means",
+    "bootstrap_ci", "paired_bootstrap_ci", "bootstrap_stat", "group_means", "LOWER_IS_BETTER",
 ]
+
+# the error metrics: a lower value is better (every other metric here is a score: higher is better)
+LOWER_IS_BETTER = ("mae", "rmse")
 
 # ---------------------------------------------------------------------------------------------- ratings
 

@@ -126,6 +126,11 @@ class Task:
     # ------------------------------------------------------------------------------------- label space
 
     @property
+    def primary_metric(self) -> str:
+        """The metric that ranks methods on this task: the first configured one."""
+        return self.metrics[0]
+
+    @property
     def labels_resolved(self) -> bool:
         return self.kind != "classification" or self.labels is not None
 

@@ -63,8 +63,9 @@ def test_report_renders_every_table():
 
 
 def test_reshape_is_split_task_method_with_primary_ci():
-    class T:
+    class T:  # the Task fields reshape reads
         metrics = ["mae", "rmse"]
+        primary_metric = "mae"
 
     table = {"p2p": {"r": {"mae": 0.5, "mae_ci": [0.4, 0.6], "rmse": 0.7, "rmse_ci": [0.6, 0.8]}},
              "base": {"r": {"mae": 1.0, "mae_ci": [0.9, 1.1]}}}
@@ -111,8 +112,9 @@ def test_plots_write_pngs(tmp_path):
            "p2p_cold_ms_per_user": 1500.0, "oppu_ms_per_user": 30_000.0, "oppu_n_users_timed": 2,
            "scaling": scaling(_p2p(10), oppu, (2, 10))}
 
-    class T:
+    class T:  # the Task fields the plots read
         metrics = ["accuracy"]
+        primary_metric = "accuracy"
 
     paths = latency_plots(lat, tmp_path) + quality_plots(_quality()["quality"], {"cat": T()}, tmp_path)
     assert [p.name for p in paths] == ["latency.png", "quality_ood.png"]

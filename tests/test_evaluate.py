@@ -50,7 +50,8 @@ def test_validation_users_never_include_a_test_user_of_either_split():
     splits = {"random": {"train": ["a"], "val": ["b", "c"], "test": ["d"]},
               "ood": {"train": ["a"], "val": ["b", "d"], "test": ["c"]}}
     assert validation_users(SimpleNamespace(splits=splits)) == {"random": ["b"], "ood": ["b"]}
-    tasks = {"cat": SimpleNamespace(metrics=["accuracy"]), "stars": SimpleNamespace(metrics=["mae"])}
+    tasks = {"cat": SimpleNamespace(metrics=["accuracy"], primary_metric="accuracy"),
+             "stars": SimpleNamespace(metrics=["mae"], primary_metric="mae")}
     table = {"random": {"cat": {"accuracy": 0.6}, "stars": {"mae": 0.5}},
              "ood": {"cat": {"accuracy": 0.4}, "stars": {"mae": 0.3}}}
     assert score(table, tasks, "cat", splits) == 0.5

@@ -91,6 +91,13 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def add_checks(results: dict, tasks: dict) -> None:
+    """Each split's checks (what the card states) from its paired differences, on each task's primary metric."""
+    primary = {name: t.primary_metric for name, t in tasks.items()}
+    for r in results["splits"].values():
+        r["checks"] = checks(r["paired_diffs"], primary)
+
+
 def rerender(out: Path, cfg) -> int:
     """Checks and markdown for a metrics.json written before checks existed (the answers are not rescored)."""
     from ..tasks import load_config as load_tasks
@@ -101,9 +108,7 @@ def rerender(out: Path, cfg) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {path}: {e}", file=sys.stderr)
         return 2
-    tasks = load_tasks(cfg.resolve(cfg.tasks_config)).tasks
-    for r in results["splits"].values():
-        r["checks"] = checks(r["paired_diffs"], {t: tasks[t].metrics[0] for t in tasks})
+    add_checks(results, load_tasks(cfg.resolve(cfg.tasks_config)).tasks)
     atomic_write_text(path, json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "report.md", render_markdown(results))
     return 0
@@ -188,9 +193,8 @@ def main(argv=None) -> int:
             "methods": to_json(table),
             "paired_diffs": to_json(diffs),
         }
-        results["splits"][split]["checks"] = checks(results["splits"][split]["paired_diffs"],
-                                                    {t: corpus.tasks[t].metrics[0] for t in corpus.tasks})
         atomic_write_text(out / f"answers_{split}.json", json.dumps(ans))
+    add_checks(results, corpus.tasks)
     results["wall_s"] = round(time.time() - t0, 1)
     atomic_write_text(out / "metrics.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "report.md", render_markdown(results))

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluate import LOWER_IS_BETTER, hypernet_adapters, limit_queries, run_adapter_method, to_json, user_metric_table
+from ..evaluate import hypernet_adapters, limit_queries, run_adapter_method, to_json, user_metric_table
 from ..fileio import atomic_write_text
+from ..metrics import LOWER_IS_BETTER
 
 
 def validation_users(corpus) -> dict[str, list[str]]:
@@ -41,7 +42,7 @@ def last_val_loss(ckpt: Path) -> float | None:
 
 def score(table: dict, tasks: dict, by: str, split_users: dict) -> float:
     """Mean over splits of the `by` task's primary metric, signed so that higher is better."""
-    metric = tasks[by].metrics[0]
+    metric = tasks[by].primary_metric
     vals = [table[s][by][metric] for s in split_users if by in table[s]]
     v = float(np.mean(vals)) if vals else float("nan")
     return -v if metric in LOWER_IS_BETTER else v
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     best = max(results["candidates"], key=lambda k: results["candidates"][k]["score"])
     results["chosen"] = best
     for k, c in results["candidates"].items():
-        cells = [f"{s} {t} {c['splits'][s][t][corpus.tasks[t].metrics[0]]:.3f}" for s in c["splits"] for t in c["splits"][s]]
+        cells = [f"{s} {t} {c['splits'][s][t][corpus.tasks[t].primary_metric]:.3f}" for s in c["splits"] for t in c["splits"][s]]
         print(("* " if k == best else "  ") + f"{k}  val_loss {c['val_loss']}  " + "; ".join(cells))
     if args.out:
         atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
