@@ -74,7 +74,7 @@ def git_commit() -> str:
 
 def findings(q: dict) -> list[str]:
     """The issue's quality targets, checked on every task's primary metric (paired CI over users)."""
-    from .report import _verdict
+    from p2p_edge.evaluate import VERDICT_WORDS, verdict
 
     out = []
     targets = [("base", "beats the base model"), ("rag", "beats RAG"), ("mt_lora", "beats MT-LoRA"),
@@ -87,9 +87,9 @@ def findings(q: dict) -> list[str]:
                 d = comps.get(f"p2p-{other}")
                 if d is None:
                     continue
-                v = _verdict(d, q["meta"]["primary_metric"][task])
-                ok = "better" in v or (other == "oppu" and "tie" in v)
-                (met if ok else not_met).append(f"{task} ({v.strip('*')})")
+                v = verdict(d, q["meta"]["primary_metric"][task])
+                ok = v == "better" or (other == "oppu" and v == "tie")
+                (met if ok else not_met).append(f"{task} ({VERDICT_WORDS[v].strip('*')})")
             if met or not_met:
                 out.append(f"{split}: P2P {goal}: " + ("**met** on " + ", ".join(met) if met else "met on no task")
                            + ("; not on " + ", ".join(not_met) if not_met else ""))
