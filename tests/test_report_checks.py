@@ -61,6 +61,15 @@ def test_rerender_of_a_broken_metrics_file_is_a_one_line_error(tmp_path, capsys)
     assert (tmp_path / "metrics.json").read_text() == "{not json"  # nothing rewritten
 
 
+@pytest.mark.parametrize("content", ["[1, 2]", '{"splits": {"random": {"methods": {}}}}', '{"splits": 3}'])
+def test_rerender_of_a_json_that_is_not_a_report_is_a_one_line_error(tmp_path, capsys, content):
+    (tmp_path / "metrics.json").write_text(content)
+    assert report.main(["--config", str(ROOT / "configs/train_default.toml"), "--out", str(tmp_path), "--rerender"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "metrics.json" in err and "not a report" in err
+    assert (tmp_path / "metrics.json").read_text() == content and not (tmp_path / "report.md").exists()
+
+
 def test_scoring_needs_both_checkpoints(tmp_path):
     with pytest.raises(SystemExit):
         report.main(["--config", str(ROOT / "configs/train_default.toml"), "--out", str(tmp_path)])

@@ -105,10 +105,13 @@ def rerender(out: Path, cfg) -> int:
     path = out / "metrics.json"
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
+        add_checks(results, load_tasks(cfg.resolve(cfg.tasks_config)).tasks)
     except (OSError, ValueError) as e:
         print(f"error: {path}: {e}", file=sys.stderr)
         return 2
-    add_checks(results, load_tasks(cfg.resolve(cfg.tasks_config)).tasks)
+    except (KeyError, TypeError, AttributeError) as e:  # valid JSON, but not a report's metrics.json
+        print(f"error: {path}: not a report's metrics.json (splits -> SPLIT -> paired_diffs): {e!r}", file=sys.stderr)
+        return 2
     atomic_write_text(path, json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "report.md", render_markdown(results))
     return 0
