@@ -102,10 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics", type=Path, help="JSON file of evaluation results to put in the card")
     ap.add_argument("--id", help="hypernet id recorded in the card and in every adapter it makes")
     args = ap.parse_args(argv)
-    extra = {"metrics": json.loads(args.metrics.read_text())} if args.metrics else {}
+    # check both inputs before anything is written
+    if not args.checkpoint.is_file():
+        print(f"error: {args.checkpoint}: no such checkpoint file", file=sys.stderr)
+        return 2
+    try:
+        extra = {"metrics": json.loads(args.metrics.read_text(encoding="utf-8"))} if args.metrics else {}
+    except (OSError, ValueError) as e:
+        print(f"error: --metrics {args.metrics}: {e}", file=sys.stderr)
+        return 2
     if args.id:
         extra["id"] = args.id
-    card = export(args.checkpoint, args.out, fp16=args.fp16, extra_meta=extra)
+    export(args.checkpoint, args.out, fp16=args.fp16, extra_meta=extra)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) and {card_path_for(args.out).name}")
     return 0
 

@@ -117,3 +117,23 @@ def test_corrupt_onnx_without_sha_check_still_one_line(tmp_path):
     path.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(ModelFileError, match="cannot load hypernet ONNX"):
         Hypernet(path, verify_sha=False)
+
+
+@pytest.mark.parametrize("metrics,checkpoint,expect", [
+    ("{not json", True, "--metrics"), (None, False, "no such checkpoint file"), ("missing", True, "--metrics")])
+def test_export_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, metrics, checkpoint, expect):
+    from export.hypernet import main as export_main
+
+    ckpt = tmp_path / "last.pt"
+    if checkpoint:
+        ckpt.write_bytes(b"never loaded: the inputs are checked first")
+    args = [str(ckpt), "--out", str(tmp_path / "out" / "h.onnx")]
+    if metrics is not None:
+        m = tmp_path / "metrics.json"
+        if metrics != "missing":
+            m.write_text(metrics)
+        args += ["--metrics", str(m)]
+    assert export_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expect in err
+    assert not (tmp_path / "out").exists()
