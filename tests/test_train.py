@@ -189,3 +189,31 @@ def test_profile_regularisers_only_perturb_when_asked():
     assert 0.2 < zero_rows < 0.4
     kept = dropped.abs().sum(-1) > 0
     assert torch.equal(dropped[kept], e[kept])  # kept profiles are untouched, not rescaled
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    """Several-process training (torchrun = what `accelerate launch --multi_gpu` starts; gloo on CPU): two ranks with
+    half the batch each end with the weights of one process on the whole batch. Fails if ranks draw different
+    batches, do not all-reduce their gradients, or each step on its own half."""
+    import socket
+    import subprocess
+    import sys
+
+    from ddp_worker import main as train_worker
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = Path(__file__).parent / "ddp_worker.py"
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                    "127.0.0.1", "--master_port", str(port), str(worker), str(tmp_path / "ddp"), "4"],
+                   check=True, env=env, capture_output=True, timeout=300)
+    train_worker(str(tmp_path / "one"), 8)   # one process, the same global batches of 8
+    train_worker(str(tmp_path / "half"), 4)  # one process on half the batch: what an unsynchronised rank computes
+    load = lambda name: torch.load(tmp_path / name / "last.pt", weights_only=False)["state_dict"]  # noqa: E731
+    ddp, one, half = load("ddp"), load("one"), load("half")
+    gap = lambda x, y: max(float((x[k] - y[k]).abs().max()) for k in x)  # noqa: E731
+    assert gap(ddp, one) < 1e-5
+    assert gap(half, one) > 1e-3   # the check above can tell the two apart
+    assert [json.loads(line)["step"] for line in open(tmp_path / "ddp" / "train_log.jsonl")] == list(range(1, 7))
