@@ -222,13 +222,22 @@ def verdict(diff: dict, metric: str) -> str | None:
 VERDICT_WORDS = {"better": "**P2P better**", "worse": "P2P worse", "tie": "tie (CI crosses 0)", None: "–"}
 
 
+def detectable(ci: list[float]) -> float:
+    """The smallest true difference that these users would show as a CI clear of 0 in 80% of reruns (normal
+    approximation from the 95% CI's width: (1.96 + 0.84) standard errors). A tie with |diff| far below it says
+    the comparison had too few users to tell, not that the two methods are equal."""
+    return round((ci[1] - ci[0]) / 2 / 1.96 * (1.96 + 0.84), 4)
+
+
 def checks(paired_diffs: dict, primary: dict[str, str]) -> dict:
-    """comparison -> task -> {metric, diff, ci, verdict} on each task's primary metric: what a card states."""
+    """comparison -> task -> {metric, diff, ci, verdict, detectable} on each task's primary metric: what a card
+    states."""
     out = {}
     for comp, by_task in paired_diffs.items():
         for task, d in by_task.items():
             m = primary.get(task)
             v = verdict(d, m) if m else None
             if v is not None:
-                out.setdefault(comp, {})[task] = {"metric": m, "diff": d[m], "ci": d[f"{m}_ci"], "verdict": v}
+                out.setdefault(comp, {})[task] = {"metric": m, "diff": d[m], "ci": d[f"{m}_ci"], "verdict": v,
+                                                  "detectable": detectable(d[f"{m}_ci"])}
     return out

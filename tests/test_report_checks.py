@@ -32,11 +32,22 @@ def _diffs():
 
 def test_checks_use_only_each_tasks_primary_metric():
     c = checks(_diffs(), {"news_category": "accuracy", "amazon_rating": "mae"})
-    assert c["p2p-mt_lora"]["news_category"] == {"metric": "accuracy", "diff": 0.1, "ci": [0.02, 0.2], "verdict": "better"}
+    assert c["p2p-mt_lora"]["news_category"] == {"metric": "accuracy", "diff": 0.1, "ci": [0.02, 0.2], "verdict": "better",
+                                                 "detectable": 0.1286}
     assert c["p2p-mt_lora"]["amazon_rating"]["verdict"] == "worse"  # mae up is worse, whatever accuracy says
     assert c["p2p-p2p_shuffled"]["news_category"]["verdict"] == "tie"
     # a task with no primary metric known is left out rather than guessed
     assert checks(_diffs(), {"amazon_rating": "mae"}) == {"p2p-mt_lora": {"amazon_rating": c["p2p-mt_lora"]["amazon_rating"]}}
+
+
+def test_detectable_difference_scales_with_the_ci_width():
+    from p2p_edge.evaluate import detectable
+
+    # 95% CI half-width 1.96 se -> 80% power at 2.80 se
+    assert detectable([-0.196, 0.196]) == pytest.approx(0.28)
+    assert detectable([0.0, 0.0]) == 0.0
+    # four times the users: half the width, half the detectable difference
+    assert detectable([-0.049, 0.049]) == pytest.approx(detectable([-0.098, 0.098]) / 2, abs=1e-4)
 
 
 def test_rerender_adds_checks_and_their_table(tmp_path):
@@ -48,9 +59,9 @@ def test_rerender_adds_checks_and_their_table(tmp_path):
     assert got["splits"]["random"]["checks"]["p2p-mt_lora"]["news_category"]["verdict"] == "better"
     assert got["splits"]["random"]["checks"]["p2p-mt_lora"]["amazon_rating"]["metric"] == "mae"
     md = (tmp_path / "report.md").read_text()
-    assert "| random | news_category | p2p-mt_lora (accuracy) | +0.100 [0.020, 0.200] | **P2P better** |" in md
-    assert "| random | news_category | p2p-p2p_shuffled (accuracy) | +0.010 [-0.060, 0.070] | tie (CI crosses 0) |" in md
-    assert "| random | amazon_rating | p2p-mt_lora (mae) | +0.100 [0.020, 0.190] | P2P worse |" in md
+    assert "| random | news_category | p2p-mt_lora (accuracy) | +0.100 [0.020, 0.200] | **P2P better** | 0.129 |" in md
+    assert "| random | news_category | p2p-p2p_shuffled (accuracy) | +0.010 [-0.060, 0.070] | tie (CI crosses 0) | 0.093 |" in md
+    assert "| random | amazon_rating | p2p-mt_lora (mae) | +0.100 [0.020, 0.190] | P2P worse | 0.121 |" in md
 
 
 def test_rerender_of_a_broken_metrics_file_is_a_one_line_error(tmp_path, capsys):

@@ -53,11 +53,15 @@ def checks_markdown(results: dict) -> list[str]:
             for task, c in by_task.items():
                 word = VERDICT_WORDS[c["verdict"]]
                 rows.append(f"| {split} | {task} | {comp} ({c['metric']}) | "
-                            f"{c['diff']:+.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}] | {word} |")
+                            f"{c['diff']:+.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}] | {word} | "
+                            f"{c['detectable']:.3f} |")
     if not rows:
         return []
-    return (["P2P minus each control on each task's primary metric (paired 95% CI over users):", "",
-             "| split | task | comparison | difference [95% CI] | verdict |", "|---|---|---|---:|---|"] + rows + [""])
+    return (["P2P minus each control on each task's primary metric (paired 95% CI over users). *Detectable*: the "
+             "smallest true difference these users would show clear of 0 in 80% of reruns (from the CI's width); "
+             "a tie far below it is a question these users cannot answer, not evidence of no difference.", "",
+             "| split | task | comparison | difference [95% CI] | verdict | detectable |",
+             "|---|---|---|---:|---|---:|"] + rows + [""])
 
 
 def render_markdown(results: dict) -> str:
