@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from p2p_edge.evaluate import VERDICT_WORDS, verdict
+from p2p_edge.evaluate import VERDICT_WORDS, detectable, verdict
 
 
 def _ci(d: dict, m: str) -> str:
@@ -93,12 +93,14 @@ def quality_section(q: dict) -> list[str]:
                 name = f"**{m}**" if m == "p2p" else m
                 lines.append(f"| {name} | " + " | ".join(_ci(d, k) for k in metrics) + " |")
             lines.append("")
-        lines += ["Paired differences on each task's primary metric, P2P minus each method:", "",
-                  "| task | comparison | difference [95% CI] | verdict |", "|---|---|---:|---|"]
+        lines += ["Paired differences on each task's primary metric, P2P minus each method. *Detectable*: the smallest "
+                  "true difference these users would show clear of 0 in 80% of reruns (from the CI's width).", "",
+                  "| task | comparison | difference [95% CI] | verdict | detectable |", "|---|---|---:|---|---:|"]
         for task, comps in q["paired"][split].items():
             metric = meta["primary_metric"][task]
             for comp, d in comps.items():
-                lines.append(f"| {task} | {comp} ({metric}) | {_ci(d, metric)} | {_verdict(d, metric)} |")
+                det = f"{detectable(d[f'{metric}_ci']):.3f}" if f"{metric}_ci" in d else "–"
+                lines.append(f"| {task} | {comp} ({metric}) | {_ci(d, metric)} | {_verdict(d, metric)} | {det} |")
         lines += ["", f"![quality {split}](quality_{split}.png)", ""]
     return lines
 
@@ -107,7 +109,8 @@ def _provenance(name: str, d: dict | None) -> str:
     r = (d or {}).get("run")
     if not r:
         return ""
-    return (f"- {name}: `{r['command']}`, {r['wall_s'] / 60:.1f} min, {r['date']}, commit {r['commit']}")
+    sha = f", hypernet sha256 {r['hypernet_sha256'][:12]}" if r.get("hypernet_sha256") else ""
+    return f"- {name}: `{r['command']}`, {r['wall_s'] / 60:.1f} min, {r['date']}, commit {r['commit']}{sha}"
 
 
 def render(lat: dict | None, q: dict | None, run: dict) -> str:

@@ -65,9 +65,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def git_commit() -> str:
+    """HEAD's short hash, with " + uncommitted changes" when tracked files differ from it (e.g. a new asset)."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
+        head = git("rev-parse", "--short", "HEAD") or "unknown"
+        return head + (" + uncommitted changes" if head != "unknown" and git("status", "--porcelain", "-uno") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -104,8 +108,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cmd = ("python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
 
+    run_meta: dict = {}  # filled once the client has loaded: which hypernet file was measured
+
     def provenance(since: float) -> dict:
-        return {"command": cmd, "commit": commit, "date": date.today().isoformat(), "wall_s": round(time.time() - since, 1)}
+        return {"command": cmd, "commit": commit, "date": date.today().isoformat(), "wall_s": round(time.time() - since, 1),
+                **run_meta}
 
     from p2p_edge.evaluate import limit_queries
     from p2p_edge.paths import encoder_dir
@@ -126,6 +133,8 @@ def main(argv=None) -> int:
 
     t = time.perf_counter()
     client = Client(hypernet_path=args.hypernet, threads=args.threads)
+    # the card's id names the trained model; the sha names the exact file (fp16 and fp32 exports share an id)
+    run_meta["hypernet_sha256"] = client.hypernet.card.raw.get("onnx_sha256")
     models_load_ms = (time.perf_counter() - t) * 1e3
     # once per process, not per user: the first llama.cpp generation pays for paging the model in
     t = time.perf_counter()

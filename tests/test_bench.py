@@ -58,7 +58,7 @@ def test_report_renders_every_table():
     md = render(None, _quality(), {"command": "python -m bench", "wall_s": 60, "date": "2026-11-26", "commit": "abc",
                                    "quick": False, "findings": findings(_quality())})
     assert "| **p2p** | 0.700 [0.600, 0.800] |" in md
-    assert "| cat | p2p-mt_lora (accuracy) | -0.200 [-0.300, -0.100] | P2P worse |" in md
+    assert "| cat | p2p-mt_lora (accuracy) | -0.200 [-0.300, -0.100] | P2P worse | 0.143 |" in md
     assert "## Findings" in md and "Quick mode" not in md
 
 
@@ -152,3 +152,13 @@ def test_bench_bad_config_is_one_line(tmp_path):
                        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.toml'}: config file not found"]
+
+
+def test_report_names_the_measured_hypernet_file():
+    q = _quality()
+    q["run"] = {"command": "python -m bench", "wall_s": 120, "date": "2026-11-27", "commit": "abc + uncommitted changes",
+                "hypernet_sha256": "0123456789abcdef" * 4}
+    md = render(None, q, {"command": "python -m bench", "wall_s": 60, "date": "2026-11-27", "commit": "abc",
+                          "quick": False, "findings": []})
+    assert "- Quality: `python -m bench`, 2.0 min, 2026-11-27, commit abc + uncommitted changes, hypernet sha256 " \
+           "0123456789ab" in md
