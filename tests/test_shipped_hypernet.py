@@ -1,0 +1,50 @@
+"""The hypernet shipped in the package: fits the size budget, loads for the bundled base model, and its card
+states held-out results with every control the issue asks for."""
+
+import json
+
+import numpy as np
+import pytest
+
+from p2p_edge.hypernet import DEFAULT_HYPERNET, Hypernet, card_path_for
+
+MAX_BYTES = 20 * 1000 * 1000
+CONTROLS = ("p2p-mt_lora", "p2p-p2p_shuffled", "p2p-base", "p2p-prior")
+
+
+@pytest.fixture(scope="module")
+def card() -> dict:
+    return json.loads(card_path_for(DEFAULT_HYPERNET).read_text(encoding="utf-8"))
+
+
+def test_fits_the_package_budget():
+    assert DEFAULT_HYPERNET.stat().st_size <= MAX_BYTES
+
+
+def test_loads_for_the_bundled_base_and_encoder(base_spec):
+    h = Hypernet()  # verifies the file against the card's sha256
+    h.card.check_base(base_spec)
+    lora = h.generate(np.full(h.card.emb_dim, 0.05, dtype=np.float32))
+    assert set(lora.a) == set(h.card.modules) == {"q_proj", "v_proj"} and h.card.rank == 8
+    assert all(np.isfinite(lora.a[m]).all() and np.isfinite(lora.b[m]).all() for m in lora.a)
+    assert any(np.abs(lora.b[m]).max() > 0 for m in lora.b)  # trained: the zero-initialised B head has moved
+
+
+def test_card_states_held_out_checks_on_both_splits(card):
+    splits = card["metrics"]["splits"]
+    assert set(splits) == {"random", "ood"}
+    tasks = set(card["training"]["tasks"])
+    for split, r in splits.items():
+        assert r["n_test_users"] > 0
+        assert {"base", "prior", "mt_lora", "p2p", "p2p_shuffled"} <= set(r["methods"])
+        for comp in CONTROLS[:3]:  # the prior only exists for rating / classification tasks
+            assert set(r["checks"][comp]) == tasks, (split, comp)
+        for by_task in r["checks"].values():
+            for c in by_task.values():
+                lo, hi = c["ci"]
+                assert lo <= c["diff"] <= hi and c["verdict"] in ("better", "worse", "tie") and c["detectable"] >= 0
+
+
+def test_card_names_the_weights_it_scored(card):
+    # the report scores the checkpoint's fp32 weights: a file stored otherwise must say what was scored
+    assert card["onnx"]["dtype"] == "float32" or card["metrics"].get("weights")
