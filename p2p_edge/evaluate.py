@@ -190,6 +190,33 @@ def paired_diff(answers: dict, a: str, b: str, tasks: dict, n_boot: int = 1000, 
     return out
 
 
+def answer_changes(answers: dict, a: str, b: str, tasks: dict) -> dict:
+    """task -> how often method `b`'s answer differs from `a`'s on the same query ({"changed", "n"}), and for
+    rating / classification tasks how many of the changed answers each got right ({"a_right", "b_right"}).
+    With b = the shuffled-profile control this is the profile's direct influence: a profile that changes few
+    answers cannot personalise much, whatever the accuracy CIs say."""
+    out: dict[str, dict] = {}
+    for u in sorted(set(answers[a]) & set(answers[b])):
+        if len(answers[a][u]) != len(answers[b][u]):
+            raise ValueError(f"{u}: {a} and {b} answered different numbers of queries")
+        for (ta, pa, ga), (tb, pb, gb) in zip(answers[a][u], answers[b][u]):
+            if ta != tb or ga != gb:
+                raise ValueError(f"{u}: {a} and {b} answers are not for the same queries")
+            if ta not in tasks:
+                continue
+            d = out.setdefault(ta, {"n": 0, "changed": 0, "a_right": 0, "b_right": 0})
+            d["n"] += 1
+            if pa != pb:
+                d["changed"] += 1
+                d["a_right"] += pa is not None and pa == ga  # answers are parsed already: right = exact match
+                d["b_right"] += pb is not None and pb == gb
+    for task, d in out.items():
+        d["changed_fraction"] = round(d["changed"] / d["n"], 4)
+        if tasks[task].kind == "generation":  # exact match says nothing about free text
+            del d["a_right"], d["b_right"]
+    return out
+
+
 def to_json(table: dict) -> dict:
     """(value, lo, hi) tuples -> {"metric": value, "ci": [lo, hi]} as in quality.json."""
     res = {}

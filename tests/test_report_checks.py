@@ -84,3 +84,61 @@ def test_rerender_of_a_json_that_is_not_a_report_is_a_one_line_error(tmp_path, c
 def test_scoring_needs_both_checkpoints(tmp_path):
     with pytest.raises(SystemExit):
         report.main(["--config", str(ROOT / "configs/train_default.toml"), "--out", str(tmp_path)])
+
+
+class _Kind:
+    def __init__(self, kind):
+        self.kind = kind
+
+
+def _answers():
+    return {"p2p": {"u1": [["cat", "A", "A"], ["cat", "B", "C"], ["gen", "a title", "x"]],
+                    "u2": [["cat", "C", "C"], ["cat", None, "A"]]},
+            "p2p_shuffled": {"u1": [["cat", "B", "A"], ["cat", "B", "C"], ["gen", "other", "x"]],
+                             "u2": [["cat", "A", "C"], ["cat", "A", "A"]]}}
+
+
+def test_answer_changes_count_what_the_profile_moves():
+    from p2p_edge.evaluate import answer_changes
+
+    got = answer_changes(_answers(), "p2p", "p2p_shuffled", {"cat": _Kind("classification"), "gen": _Kind("generation")})
+    # cat: 4 queries, 3 changed; own profile right on 2 of them (u1 q1, u2 q1), shuffled on 1 (u2 q2; None is wrong)
+    assert got["cat"] == {"n": 4, "changed": 3, "a_right": 2, "b_right": 1, "changed_fraction": 0.75}
+    assert got["gen"] == {"n": 1, "changed": 1, "changed_fraction": 1.0}  # exact match means nothing for free text
+
+
+def test_answer_changes_refuse_misaligned_answers():
+    from p2p_edge.evaluate import answer_changes
+
+    a = _answers()
+    a["p2p_shuffled"]["u2"][0][2] = "B"  # another target: not the same query
+    with pytest.raises(ValueError, match="u2"):
+        answer_changes(a, "p2p", "p2p_shuffled", {"cat": _Kind("classification"), "gen": _Kind("generation")})
+    a = _answers()
+    a["p2p_shuffled"]["u1"].pop()
+    with pytest.raises(ValueError, match="u1"):
+        answer_changes(a, "p2p", "p2p_shuffled", {"cat": _Kind("classification"), "gen": _Kind("generation")})
+
+
+def test_rerender_with_answers_states_the_profiles_influence(tmp_path):
+    metrics = {"config": "x", "queries_per_user_task": 4, "part": "test",
+               "splits": {"random": {"n_test_users": 2, "methods": {"p2p": {}}, "paired_diffs": _diffs()}}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    ans = {"p2p": {"u": [["news_category", "POLITICS", "POLITICS"], ["news_category", "SPORTS", "POLITICS"]]},
+           "p2p_shuffled": {"u": [["news_category", "SPORTS", "POLITICS"], ["news_category", "SPORTS", "POLITICS"]]}}
+    (tmp_path / "answers_random.json").write_text(json.dumps(ans))
+    assert report.main(["--config", str(ROOT / "configs/train_default.toml"), "--out", str(tmp_path), "--rerender"]) == 0
+    got = json.loads((tmp_path / "metrics.json").read_text())["splits"]["random"]["answer_changes"]
+    assert got["news_category"] == {"n": 2, "changed": 1, "a_right": 1, "b_right": 0, "changed_fraction": 0.5}
+    assert "| random | news_category | 1 of 2 (50%) | 1 / 0 |" in (tmp_path / "report.md").read_text()
+
+
+def test_rerender_with_broken_answers_names_that_file(tmp_path, capsys):
+    metrics = {"splits": {"random": {"n_test_users": 2, "methods": {"p2p": {}}, "paired_diffs": _diffs()}},
+               "queries_per_user_task": 4}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "answers_random.json").write_text('{"p2p": ')
+    assert report.main(["--config", str(ROOT / "configs/train_default.toml"), "--out", str(tmp_path), "--rerender"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "answers_random.json" in err
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics  # nothing rewritten

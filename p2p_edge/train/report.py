@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..adapter import LoraWeights, write_adapter
-from ..evaluate import VERDICT_WORDS, checks, hypernet_adapters, limit_queries, run_adapter_method, score_split, to_json
+from ..evaluate import VERDICT_WORDS, answer_changes, checks, hypernet_adapters, limit_queries, run_adapter_method, score_split, to_json
 from ..fileio import atomic_write_text, ensure_private_dir
 
 COMPARE = ("mt_lora", "p2p_shuffled", "base", "prior")
@@ -64,6 +64,20 @@ def checks_markdown(results: dict) -> list[str]:
              "|---|---|---|---:|---|---:|"] + rows + [""])
 
 
+def changes_markdown(results: dict) -> list[str]:
+    """How much the profile itself moves the answers: P2P with the user's own vs another user's profile."""
+    rows = []
+    for split, r in results["splits"].items():
+        for task, d in r.get("answer_changes", {}).items():
+            right = f"{d['a_right']} / {d['b_right']}" if "a_right" in d else "–"
+            rows.append(f"| {split} | {task} | {d['changed']} of {d['n']} ({100 * d['changed_fraction']:.0f}%) | {right} |")
+    if not rows:
+        return []
+    return (["Profile influence: queries whose answer changes when P2P gets another held-out user's profile instead "
+             "of the user's own (rating / classification: how many of those changed answers each got right).", "",
+             "| split | task | answers changed | right: own / shuffled profile |", "|---|---|---:|---:|"] + rows + [""])
+
+
 def render_markdown(results: dict) -> str:
     """Tables per split: every method on every task's metrics, then paired P2P differences."""
     lines = ["# Shipped hypernet: held-out users", "",
@@ -71,6 +85,7 @@ def render_markdown(results: dict) -> str:
              "reserved items per generation task and every reserved item of the other tasks; "
              "values are pooled within users; [95% CI] resamples users (1000 bootstrap draws).", ""]
     lines += checks_markdown(results)
+    lines += changes_markdown(results)
     for split, r in results["splits"].items():
         lines += [f"## {split} split ({r['n_test_users']} {results.get('part', 'test')} users)", ""]
         methods = [m for m in METHOD_ORDER if m in r["methods"]]
@@ -102,6 +117,12 @@ def add_checks(results: dict, tasks: dict) -> None:
         r["checks"] = checks(r["paired_diffs"], primary)
 
 
+def add_answer_changes(split_result: dict, answers: dict, tasks: dict) -> None:
+    """How many of the split's answers the profile changes (answers: method -> user -> rows, as answers_SPLIT.json)."""
+    if "p2p" in answers and "p2p_shuffled" in answers:
+        split_result["answer_changes"] = answer_changes(answers, "p2p", "p2p_shuffled", tasks)
+
+
 def rerender(out: Path, cfg) -> int:
     """Checks and markdown for a metrics.json written before checks existed (the answers are not rescored)."""
     from ..tasks import load_config as load_tasks
@@ -109,12 +130,19 @@ def rerender(out: Path, cfg) -> int:
     path = out / "metrics.json"
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
-        add_checks(results, load_tasks(cfg.resolve(cfg.tasks_config)).tasks)
+        tasks = load_tasks(cfg.resolve(cfg.tasks_config)).tasks
+        add_checks(results, tasks)
+        for split, r in results["splits"].items():
+            path = out / f"answers_{split}.json"  # written by the scoring run; absent beside a copied metrics.json
+            if path.is_file():
+                add_answer_changes(r, json.loads(path.read_text(encoding="utf-8")), tasks)
+        path = out / "metrics.json"
     except (OSError, ValueError) as e:
         print(f"error: {path}: {e}", file=sys.stderr)
         return 2
     except (KeyError, TypeError, AttributeError) as e:  # valid JSON, but not a report's metrics.json
-        print(f"error: {path}: not a report's metrics.json (splits -> SPLIT -> paired_diffs): {e!r}", file=sys.stderr)
+        print(f"error: {path}: not a report's output (metrics.json: splits -> SPLIT -> paired_diffs; answers_SPLIT.json: "
+              f"method -> user -> [task, answer, target] rows): {e!r}", file=sys.stderr)
         return 2
     atomic_write_text(path, json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "report.md", render_markdown(results))
@@ -201,6 +229,7 @@ def main(argv=None) -> int:
             "paired_diffs": to_json(diffs),
         }
         atomic_write_text(out / f"answers_{split}.json", json.dumps(ans))
+        add_answer_changes(results["splits"][split], ans, corpus.tasks)
     add_checks(results, corpus.tasks)
     results["wall_s"] = round(time.time() - t0, 1)
     atomic_write_text(out / "metrics.json", json.dumps(results, indent=2) + "\n")
