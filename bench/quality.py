@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from p2p_edge.evaluate import hypernet_adapters, run_adapter_method, score_split, to_json
+from p2p_edge.evaluate import answer_changes, hypernet_adapters, run_adapter_method, score_split, to_json
 from p2p_edge.profile import item_habits, item_text, profile_text, retrieve
 
 METHODS = ("base", "prior", "rag", "pag", "mt_lora", "oppu", "p2p", "p2p_shuffled", "p2p_summary_only",
@@ -46,8 +46,9 @@ class ProfilePrompts:
 
 def run_quality(corpus, tests: dict[str, list[str]], *, llm, hypernet, encoder, mt_lora: Path | None,
                 oppu_adapter_for: Callable | None, top_k: int, oppu_uids: list[str] | None = None,
-                log=print) -> tuple[dict, dict, dict]:
-    """-> (quality {split: {task: {method: metrics}}}, paired {split: {task: {"p2p-m": diffs}}}, timings_s).
+                log=print) -> tuple[dict, dict, dict, dict]:
+    """-> (quality {split: {task: {method: metrics}}}, paired {split: {task: {"p2p-m": diffs}}}, timings_s,
+    changes {split: {task: answer_changes of p2p vs p2p_shuffled}}: how many answers the profile itself moves).
 
     OPPU trains one LoRA per user, so it may be run on a subset of the test users (`oppu_uids`); its metrics and
     its paired comparison with P2P are then over that subset only (n_users says so)."""
@@ -78,17 +79,19 @@ def run_quality(corpus, tests: dict[str, list[str]], *, llm, hypernet, encoder, 
         timings[name] = round(time.perf_counter() - t, 1)
         log(f"quality: {name} answered {len(methods[name])} users in {timings[name]:.0f} s")
 
-    quality, paired = {}, {}
+    quality, paired, changes = {}, {}, {}
     for split in ("random", "ood"):
         uids = tests[split]
-        _, table, diffs = score_split(llm, corpus, uids, methods, hypernet, corpus.emb["full"], index,
+        ans, table, diffs = score_split(llm, corpus, uids, methods, hypernet, corpus.emb["full"], index,
                                       train_uids=corpus.part("both", "train"),
                                       val_uids=corpus.splits[split]["val"], compare=METHODS)
         table, diffs = to_json(table), to_json(diffs)
         quality[split] = reshape(table, corpus.tasks)
         paired[split] = reshape(diffs, corpus.tasks)
+        if "p2p_shuffled" in ans:
+            changes[split] = answer_changes(ans, "p2p", "p2p_shuffled", corpus.tasks)
         log(f"quality: {split} split scored ({len(uids)} users)")
-    return quality, paired, timings
+    return quality, paired, timings, changes
 
 
 def reshape(table: dict, tasks: dict) -> dict:

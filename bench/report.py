@@ -101,6 +101,14 @@ def quality_section(q: dict) -> list[str]:
             for comp, d in comps.items():
                 det = f"{detectable(d[f'{metric}_ci']):.3f}" if f"{metric}_ci" in d else "–"
                 lines.append(f"| {task} | {comp} ({metric}) | {_ci(d, metric)} | {_verdict(d, metric)} | {det} |")
+        ch = q.get("answer_changes", {}).get(split)
+        if ch:
+            lines += ["", "Profile influence: queries whose answer changes when P2P gets another held-out user's profile "
+                      "(rating / classification: how many of those each got right, own / shuffled profile):", "",
+                      "| task | answers changed | right: own / shuffled |", "|---|---:|---:|"]
+            for task, d in ch.items():
+                right = f"{d['a_right']} / {d['b_right']}" if "a_right" in d else "–"
+                lines.append(f"| {task} | {d['changed']} of {d['n']} ({100 * d['changed_fraction']:.0f}%) | {right} |")
         lines += ["", f"![quality {split}](quality_{split}.png)", ""]
     return lines
 

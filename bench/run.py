@@ -205,7 +205,7 @@ def main(argv=None) -> int:
 
         oppu_tests = held_out_users(cfg, args.oppu_test_users)
         oppu_uids = sorted(u for s in oppu_tests for u in oppu_tests[s] if u in set(tests[s]))
-        quality, paired, timings = run_quality(corpus, tests, llm=client.llm, hypernet=client.hypernet,
+        quality, paired, timings, changes = run_quality(corpus, tests, llm=client.llm, hypernet=client.hypernet,
                                                encoder=client.encoder, mt_lora=mt, oppu_adapter_for=oppu_for,
                                                top_k=int(cfg.profiles.top_k), oppu_uids=oppu_uids, log=log)
         q = {"meta": {"hypernet": client.hypernet.card.id, "config": str(args.config.resolve().relative_to(ROOT))
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
                       "primary_metric": {t: corpus.tasks[t].primary_metric for t in corpus.tasks},
                       "oppu": asdict(trainer.cfg), "oppu_test_users_per_split_dataset": args.oppu_test_users,
                       "method_seconds": timings},
-             "quality": quality, "paired": paired}
+             "quality": quality, "paired": paired, "answer_changes": changes}
         q["run"] = provenance(t_quality)
         atomic_write_text(out / "quality.json", json.dumps(q, indent=1) + "\n")
 

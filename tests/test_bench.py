@@ -88,13 +88,16 @@ def test_bench_quality_and_latency_offline(no_network, dataset, tmp_path, use_en
     encoder = Encoder()
     corpus = load_corpus(config(tmp_path), encoder)
     tests = {s: corpus.splits[s]["test"][:2] for s in ("random", "ood")}
-    quality, paired, _ = run_quality(corpus, tests, llm=llm, hypernet=Hypernet(random_hypernet_path), encoder=encoder,
-                                     mt_lora=None, oppu_adapter_for=None, top_k=2, log=lambda m: None)
+    quality, paired, _, changes = run_quality(corpus, tests, llm=llm, hypernet=Hypernet(random_hypernet_path),
+                                              encoder=encoder, mt_lora=None, oppu_adapter_for=None, top_k=2,
+                                              log=lambda m: None)
     for split in ("random", "ood"):
         methods = quality[split]["cat"]
         assert {"base", "prior", "rag", "pag", "p2p", "p2p_shuffled", "p2p_summary_only"} <= set(methods)
         assert all(0.0 <= m["accuracy"] <= 1.0 and len(m["ci"]) == 2 for m in methods.values())
         assert "p2p-base" in paired[split]["cat"]
+        n_cat = quality[split]["cat"]["p2p"]["n_examples"]
+        assert changes[split]["cat"]["n"] == n_cat and 0 <= changes[split]["cat"]["changed"] <= n_cat
     json.dumps(quality)  # quality.json is plain JSON
 
     client = Client(hypernet_path=random_hypernet_path, llm=llm)
@@ -152,6 +155,14 @@ def test_bench_bad_config_is_one_line(tmp_path):
                        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.toml'}: config file not found"]
+
+
+def test_report_renders_the_profiles_influence():
+    q = _quality()
+    q["answer_changes"] = {"ood": {"cat": {"n": 40, "changed": 6, "a_right": 4, "b_right": 1, "changed_fraction": 0.15}}}
+    md = render(None, q, {"command": "python -m bench", "wall_s": 60, "date": "2026-11-27", "commit": "abc",
+                          "quick": False, "findings": []})
+    assert "| cat | 6 of 40 (15%) | 4 / 1 |" in md
 
 
 def test_report_names_the_measured_hypernet_file():
