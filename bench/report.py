@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from p2p_edge.evaluate import VERDICT_WORDS, detectable, verdict
+from p2p_edge.evaluate import VERDICT_WORDS, answer_changes_cells, detectable, verdict
 
 
 def _ci(d: dict, m: str) -> str:
@@ -106,9 +106,7 @@ def quality_section(q: dict) -> list[str]:
             lines += ["", "Profile influence: queries whose answer changes when P2P gets another held-out user's profile "
                       "(rating / classification: how many of those each got right, own / shuffled profile):", "",
                       "| task | answers changed | right: own / shuffled |", "|---|---:|---:|"]
-            for task, d in ch.items():
-                right = f"{d['a_right']} / {d['b_right']}" if "a_right" in d else "–"
-                lines.append(f"| {task} | {d['changed']} of {d['n']} ({100 * d['changed_fraction']:.0f}%) | {right} |")
+            lines += [f"| {task} | " + " | ".join(answer_changes_cells(d)) + " |" for task, d in ch.items()]
         lines += ["", f"![quality {split}](quality_{split}.png)", ""]
     return lines
 

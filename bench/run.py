@@ -108,12 +108,6 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cmd = ("python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
 
-    run_meta: dict = {}  # filled once the client has loaded: which hypernet file was measured
-
-    def provenance(since: float) -> dict:
-        return {"command": cmd, "commit": commit, "date": date.today().isoformat(), "wall_s": round(time.time() - since, 1),
-                **run_meta}
-
     from p2p_edge.evaluate import limit_queries
     from p2p_edge.paths import encoder_dir
     from p2p_edge.train.profiles import subsample_users
@@ -133,9 +127,13 @@ def main(argv=None) -> int:
 
     t = time.perf_counter()
     client = Client(hypernet_path=args.hypernet, threads=args.threads)
-    # the card's id names the trained model; the sha names the exact file (fp16 and fp32 exports share an id)
-    run_meta["hypernet_sha256"] = client.hypernet.card.raw.get("onnx_sha256")
     models_load_ms = (time.perf_counter() - t) * 1e3
+    # the card's id names the trained model; the sha names the exact file (fp16 and fp32 exports share an id)
+    hypernet_sha = client.hypernet.card.raw.get("onnx_sha256")
+
+    def provenance(since: float) -> dict:
+        return {"command": cmd, "commit": commit, "date": date.today().isoformat(), "wall_s": round(time.time() - since, 1),
+                "hypernet_sha256": hypernet_sha}
     # once per process, not per user: the first llama.cpp generation pays for paging the model in
     t = time.perf_counter()
     client.llm.complete([{"role": "user", "content": "Hello"}], max_tokens=8)

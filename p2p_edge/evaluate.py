@@ -217,6 +217,12 @@ def answer_changes(answers: dict, a: str, b: str, tasks: dict) -> dict:
     return out
 
 
+def answer_changes_cells(d: dict) -> tuple[str, str]:
+    """One answer_changes entry as two report cells: "changed of n (pct%)" and "own right / shuffled right"."""
+    right = f"{d['a_right']} / {d['b_right']}" if "a_right" in d else "–"
+    return f"{d['changed']} of {d['n']} ({100 * d['changed_fraction']:.0f}%)", right
+
+
 def to_json(table: dict) -> dict:
     """(value, lo, hi) tuples -> {"metric": value, "ci": [lo, hi]} as in quality.json."""
     res = {}

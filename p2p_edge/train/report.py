@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from ..adapter import LoraWeights, write_adapter
-from ..evaluate import VERDICT_WORDS, answer_changes, checks, hypernet_adapters, limit_queries, run_adapter_method, score_split, to_json
+from ..evaluate import (VERDICT_WORDS, answer_changes, answer_changes_cells, checks, hypernet_adapters, limit_queries,
+                        run_adapter_method, score_split, to_json)
 from ..fileio import atomic_write_text, ensure_private_dir
 
 COMPARE = ("mt_lora", "p2p_shuffled", "base", "prior")
@@ -68,9 +69,8 @@ def changes_markdown(results: dict) -> list[str]:
     """How much the profile itself moves the answers: P2P with the user's own vs another user's profile."""
     rows = []
     for split, r in results["splits"].items():
-        for task, d in r.get("answer_changes", {}).items():
-            right = f"{d['a_right']} / {d['b_right']}" if "a_right" in d else "–"
-            rows.append(f"| {split} | {task} | {d['changed']} of {d['n']} ({100 * d['changed_fraction']:.0f}%) | {right} |")
+        rows += [f"| {split} | {task} | " + " | ".join(answer_changes_cells(d)) + " |"
+                 for task, d in r.get("answer_changes", {}).items()]
     if not rows:
         return []
     return (["Profile influence: queries whose answer changes when P2P gets another held-out user's profile instead "
@@ -127,7 +127,7 @@ def rerender(out: Path, cfg) -> int:
     """Checks and markdown for a metrics.json written before checks existed (the answers are not rescored)."""
     from ..tasks import load_config as load_tasks
 
-    path = out / "metrics.json"
+    path = out / "metrics.json"  # the file being read: named in any error
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
         tasks = load_tasks(cfg.resolve(cfg.tasks_config)).tasks
@@ -136,7 +136,6 @@ def rerender(out: Path, cfg) -> int:
             path = out / f"answers_{split}.json"  # written by the scoring run; absent beside a copied metrics.json
             if path.is_file():
                 add_answer_changes(r, json.loads(path.read_text(encoding="utf-8")), tasks)
-        path = out / "metrics.json"
     except (OSError, ValueError) as e:
         print(f"error: {path}: {e}", file=sys.stderr)
         return 2
@@ -144,7 +143,7 @@ def rerender(out: Path, cfg) -> int:
         print(f"error: {path}: not a report's output (metrics.json: splits -> SPLIT -> paired_diffs; answers_SPLIT.json: "
               f"method -> user -> [task, answer, target] rows): {e!r}", file=sys.stderr)
         return 2
-    atomic_write_text(path, json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "report.md", render_markdown(results))
     return 0
 
