@@ -31,6 +31,18 @@ def _fail(msg: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+def _from_interrupt(e: BaseException) -> bool:
+    """True when a Ctrl-C is what failed: a C extension interrupted while importing (pybind11's onnxruntime, ...)
+    re-raises the KeyboardInterrupt as ImportError("initialization failed") with the interrupt as its cause."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def friendly_errors(fn):
     """One line per error, non-zero exit; a traceback only with --debug."""
 
@@ -48,6 +60,9 @@ def friendly_errors(fn):
             typer.echo("interrupted", err=True)
             raise typer.Exit(130)
         except Exception as e:  # a bug: say so in one line, keep the traceback for --debug
+            if _from_interrupt(e):
+                typer.echo("interrupted", err=True)
+                raise typer.Exit(130) from None
             if _DEBUG:
                 raise
             _fail(f"unexpected {type(e).__name__}: {e} (re-run with --debug for the traceback)", 1)

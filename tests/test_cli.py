@@ -544,3 +544,36 @@ def test_chat_with_a_corrupt_adapter_is_one_line(shared_llm, tmp_path, adapter_f
     r = invoke("chat", "--adapter", tmp_path / "missing.gguf")
     assert r.exit_code != 0
     assert_one_line_error(r.stderr, str(tmp_path / "missing.gguf"))
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), ImportError("initialization failed")])
+def test_ctrl_c_is_interrupted_even_inside_a_c_extension_import(exc, capsys):
+    """Ctrl-C while a pybind11 module (onnxruntime) initialises arrives as ImportError("initialization failed")
+    caused by the KeyboardInterrupt: still "interrupted" and exit 130, not an "unexpected ImportError"."""
+    import typer
+
+    from p2p_edge.cli import friendly_errors
+
+    @friendly_errors
+    def command():
+        if isinstance(exc, KeyboardInterrupt):
+            raise exc
+        raise exc from KeyboardInterrupt()
+
+    with pytest.raises(typer.Exit) as e:
+        command()
+    assert e.value.exit_code == 130 and capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_an_import_error_of_its_own_is_still_unexpected(capsys):
+    import typer
+
+    from p2p_edge.cli import friendly_errors
+
+    @friendly_errors
+    def command():
+        raise ImportError("no module named x")
+
+    with pytest.raises(typer.Exit) as e:
+        command()
+    assert e.value.exit_code == 1 and "unexpected ImportError: no module named x" in capsys.readouterr().err
