@@ -217,3 +217,67 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     assert gap(ddp, one) < 1e-5
     assert gap(half, one) > 1e-3   # the check above can tell the two apart
     assert [json.loads(line)["step"] for line in open(tmp_path / "ddp" / "train_log.jsonl")] == list(range(1, 7))
+
+
+def test_contrast_term_is_the_hinge_on_own_vs_other_profile():
+    """With every 'other' profile equal to the own one the gap is 0, so the term adds exactly contrastive * margin;
+    with truly other profiles the losses differ (the hinge only charges when the own profile does not fit better)."""
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    rows = two_user_rows(tok)
+    emb = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32))
+    hcfg = HyperNetConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (32, 32), "v_proj": (32, 16)},
+                          hidden=32, dropout=0.0, a_init_scale=1.0)
+    gen = HyperNet(hcfg)
+    for head in gen.head_b.values():   # a non-zero LoRA, so profiles matter
+        torch.nn.init.normal_(head.weight, std=0.5)
+    inj = LoraInjector(model, hcfg.modules, hcfg.alpha, hcfg.rank)
+    batch = collate(rows, tok.pad_token_id)
+    with torch.no_grad():
+        plain = float(sft_loss(model, inj, gen, emb, batch))
+        same = float(sft_loss(model, inj, gen, emb, batch, negatives=batch[3], contrastive=0.5, margin=0.2))
+        other = float(sft_loss(model, inj, gen, emb, batch, negatives=1 - batch[3], contrastive=0.5, margin=0.2))
+        off = float(sft_loss(model, inj, gen, emb, batch, negatives=1 - batch[3], contrastive=0.0, margin=0.2))
+    inj.remove()
+    assert same == pytest.approx(plain + 0.5 * 0.2, abs=1e-5)
+    assert other != pytest.approx(same, abs=1e-4)
+    assert off == pytest.approx(plain)
+
+
+def test_negative_pool_is_other_people_of_the_same_dataset():
+    from p2p_edge.train.loop import negative_pool
+
+    uids = ["news/a", "news/b", "news/a@5", "amazon/x", "amazon/y", "news/c"]
+    index = {u: i for i, u in enumerate(uids)}
+    pool = negative_pool(["news/a", "news/b", "news/a@5", "amazon/x", "amazon/y"], index)
+    assert pool[0] == [1] and pool[2] == [1] and sorted(pool[1]) == [0, 2]
+    assert pool[3] == [4] and pool[4] == [3]   # never another dataset, never a non-train user (news/c)
+
+
+def test_contrastive_training_separates_users_and_warm_start_loads_weights(tmp_path):
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    rows = two_user_rows(tok)
+    emb = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    cfg = tiny_cfg(tmp_path / "a", steps=60, contrastive=1.0, contrastive_margin=0.5)
+    with pytest.raises(ValueError, match="negatives"):
+        train(cfg, model, tok, rows, rows[:2], emb, out_dir=tmp_path / "a", meta={}, progress=False, log=lambda *_: None)
+    gen = train(cfg, model, tok, rows, rows[:2], emb, out_dir=tmp_path / "a", meta={}, progress=False,
+                log=lambda *_: None, negatives={0: [1], 1: [0]})
+    gen.eval()
+    red, blue = tok.convert_tokens_to_ids("red"), tok.convert_tokens_to_ids("blue")
+    la = first_target_logits(model, tok, gen, emb, rows[0])
+    lb = first_target_logits(model, tok, gen, emb, rows[1])
+    assert la[red] > la[blue] and lb[blue] > lb[red]
+    # warm start: lr 0 keeps the loaded weights, so the result equals the source checkpoint
+    msgs = []
+    warm = tiny_cfg(tmp_path / "b", steps=3, lr=0.0, init_from=str(tmp_path / "a" / "last.pt"))
+    gen2 = train(warm, model, tok, rows, rows[:2], emb, out_dir=tmp_path / "b", meta={}, progress=False, log=msgs.append)
+    assert any("initialised from" in m for m in msgs)
+    for k, v in gen.state_dict().items():
+        assert torch.equal(v, gen2.state_dict()[k]), k
+    bad = tiny_cfg(tmp_path / "c", steps=3, method="mt_lora", init_from=str(tmp_path / "a" / "last.pt"))
+    from p2p_edge.errors import InputError
+
+    with pytest.raises(InputError, match="train.init_from.*method 'p2p'"):
+        train(bad, model, tok, rows, rows[:2], emb, out_dir=tmp_path / "c", meta={}, progress=False, log=lambda *_: None)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..fileio import atomic_path, atomic_write_text, ensure_private_dir
 from .config import Config
 from .model import HyperNet, HyperNetConfig, LoraInjector
@@ -129,15 +130,42 @@ def perturb_profiles(e: torch.Tensor, noise: float, dropout: float) -> torch.Ten
     return e
 
 
-def sft_loss(model, injector: LoraInjector, gen: nn.Module, emb: torch.Tensor, batch,
-             noise: float = 0.0, dropout: float = 0.0) -> torch.Tensor:
-    ids, mask, labels, users = batch
-    lora = gen(perturb_profiles(emb[users], noise, dropout))
+def token_losses(model, injector: LoraInjector, gen: nn.Module, e: torch.Tensor, ids, mask, labels):
+    """(per-token SFT loss (n, T-1), target mask) with the LoRAs the generator makes from profile vectors e."""
+    lora = gen(e)
     with injector.use(lora):
         logits = model(input_ids=ids, attention_mask=mask).logits
-    logits = logits[:, :-1].float()
     tgt = labels[:, 1:]
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=IGNORE)
+    tok = nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), tgt, ignore_index=IGNORE, reduction="none")
+    return tok, tgt != IGNORE
+
+
+def sft_loss(model, injector: LoraInjector, gen: nn.Module, emb: torch.Tensor, batch,
+             noise: float = 0.0, dropout: float = 0.0, negatives: torch.Tensor | None = None,
+             contrastive: float = 0.0, margin: float = 0.0) -> torch.Tensor:
+    """Mean target-token loss of the batch; with `negatives` (one other user per row) and contrastive > 0, plus
+    the profile-contrast hinge (see TrainCfg.contrastive)."""
+    ids, mask, labels, users = batch
+    tok, valid = token_losses(model, injector, gen, perturb_profiles(emb[users], noise, dropout), ids, mask, labels)
+    loss = tok.sum() / valid.sum().clamp(min=1)
+    if negatives is None or contrastive <= 0:
+        return loss
+    neg, _ = token_losses(model, injector, gen, emb[negatives], ids, mask, labels)
+    n = valid.sum(1).clamp(min=1)
+    gap = (neg * valid).sum(1) / n - (tok * valid).sum(1) / n   # > 0: own profile fits better
+    return loss + contrastive * torch.relu(margin - gap).mean()
+
+
+def negative_pool(train_uids: list[str], index: dict[str, int]) -> dict[int, list[int]]:
+    """Row index of each train user -> row indices of the OTHER train users of its dataset (contrast negatives;
+    an earlier cut "<dataset>/<user>@<n>" of the same user is not another user)."""
+    def person(u):
+        return u.split("@", 1)[0]
+
+    by_ds: dict[str, list[str]] = {}
+    for u in train_uids:
+        by_ds.setdefault(u.split("/", 1)[0], []).append(u)
+    return {index[u]: [index[v] for v in by_ds[u.split("/", 1)[0]] if person(v) != person(u)] for u in train_uids}
 
 
 def lr_at(step: int, cfg) -> float:
@@ -149,8 +177,10 @@ def lr_at(step: int, cfg) -> float:
 
 # -------------------------------------------------------------------------------------------------- train
 def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np.ndarray, *,
-          out_dir: Path, meta: dict, progress: bool = True, log=print) -> nn.Module:
-    """Train the generator (hypernet or shared LoRA); checkpoints every save_every steps; resumes from last.pt."""
+          out_dir: Path, meta: dict, progress: bool = True, log=print,
+          negatives: dict[int, list[int]] | None = None) -> nn.Module:
+    """Train the generator (hypernet or shared LoRA); checkpoints every save_every steps; resumes from last.pt.
+    `negatives` (user row -> other users' rows, see negative_pool) is needed when train.contrastive > 0."""
     from accelerate import Accelerator
 
     t = cfg.train
@@ -163,9 +193,23 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
     hcfg = HyperNetConfig(emb_dim=emb.shape[1], n_layers=len(model.model.layers), module_shapes=module_shapes(model),
                           **asdict(cfg.hypernet))
     gen = HyperNet(hcfg) if t.method == "p2p" else SharedLora(hcfg)
+    contrast = t.contrastive > 0 and t.method == "p2p"   # a shared LoRA gives every profile the same loss
+    if contrast and not negatives:
+        raise ValueError("train.contrastive > 0 needs negatives (other train users' rows)")
     opt = torch.optim.AdamW(gen.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     out_dir = ensure_private_dir(out_dir)
     start, last = 0, out_dir / "last.pt"
+    if not last.is_file() and t.init_from:  # warm start: weights only
+        src = cfg.resolve(t.init_from)
+        ck = torch.load(src, map_location="cpu", weights_only=False)
+        try:
+            if ck.get("method") != t.method:
+                raise RuntimeError(f"it was trained with method {ck.get('method')!r}, this config is {t.method!r}")
+            gen.load_state_dict(ck["state_dict"])   # strict: names and shapes must match
+        except RuntimeError as e:
+            raise InputError(cfg.source or src, f"checkpoint {src} does not fit this config: {str(e).splitlines()[0]}",
+                             field="train.init_from") from None
+        log(f"initialised from {src} (step {ck['step']})")
     if last.is_file():  # resume
         ck = torch.load(last, map_location="cpu", weights_only=False)
         gen.load_state_dict(ck["state_dict"])
@@ -210,12 +254,18 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
         task = bar.add_task(t.method, total=t.steps, completed=start, loss=float("nan"))
         for step in range(start, t.steps):
             # each process draws its own slice of one global batch of examples from many users
-            batch_rows = [rows[rng.randrange(len(rows))] for _ in range(t.batch_size * world)][rank::world]
+            global_rows = [rows[rng.randrange(len(rows))] for _ in range(t.batch_size * world)]
+            batch_rows = global_rows[rank::world]
             batch = [x.to(acc.device) for x in collate(batch_rows, pad)]
+            negs = None
+            if contrast:
+                pools = [negatives[r.user] for r in global_rows]
+                negs = torch.tensor([p[rng.randrange(len(p))] for p in pools][rank::world], device=acc.device)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, t)
             with acc.autocast():
-                loss = sft_loss(model, injector, gen, emb_t, batch, t.profile_noise, t.profile_dropout)
+                loss = sft_loss(model, injector, gen, emb_t, batch, t.profile_noise, t.profile_dropout,
+                                negs, t.contrastive, t.contrastive_margin)
             acc.backward(loss)
             acc.clip_grad_norm_(gen.parameters(), 1.0)
             opt.step()
@@ -289,7 +339,8 @@ def run(config_path: Path, *, log=print) -> Path:
                      "n_train_examples": len(rows), "tasks": list(corpus.tasks)},
     }
     emb = corpus.emb[cfg.profiles.variant]
-    train(cfg, model, tok, rows, val_rows, emb, out_dir=out_dir, meta=meta, log=log)
+    train(cfg, model, tok, rows, val_rows, emb, out_dir=out_dir, meta=meta, log=log,
+          negatives=negative_pool(train_uids, index))
     return out_dir / "last.pt"
 
 
