@@ -148,8 +148,9 @@ class Client:
         k = top_k if top_k is not None else int(self.hypernet.card.profile.get("top_k", 2))
         vecs = self.embeddings.encode(self.encoder.encode, [item_text(it) for it in history.items], history.sha256)
         habits = habits_text(history.label_counts, history.rating_sum, history.rating_count)
+        hw = float(self.hypernet.card.profile.get("habits_weight", 0.0))   # absent (v1 cards): text vector only
         profile = build_profile(self.encoder, history.items, summary=summ, summary_source=source, top_k=k,
-                                item_vecs=vecs, habits=habits)
+                                item_vecs=vecs, habits=habits, habits_weight=hw)
         t3 = time.perf_counter()
         T["encode"] = (t3 - t2) * 1e3
 
@@ -189,6 +190,7 @@ class Client:
             "retrieved_ids": profile.retrieved_ids,
             "top_k": top_k,
             "profile_format": PROFILE_FORMAT,
+            "habits_weight": float(card.profile.get("habits_weight", 0.0)),
             "embedding_model": self.encoder.name,
             "hypernet": {"id": card.id, "path": str(self.hypernet.path), "rank": card.rank, "alpha": card.alpha},
             "base_model": {"id": card.raw["base_model"].get("id", self.base.name),  # check_base: same sha

@@ -81,12 +81,28 @@ def profile_text(summary: str | None, retrieved: Sequence[Any], habits: str | No
     """The profile as encoded into the hypernet's input vector (habits first: the encoder reads 256 tokens)."""
     lines = []
     if habits:
-        lines.append(f"Habits: {habits}")
+        lines.append(habits_line(habits))
     if summary:
         lines.append(f"About this user: {_clip(summary, SUMMARY_CHARS)}")
     for i, item in enumerate(retrieved, 1):
         lines.append(f"Example {i}: {item_text(item)}")
     return "\n".join(lines) if lines else "About this user: (no history)"
+
+
+def habits_line(habits: str) -> str:
+    return f"Habits: {habits}"
+
+
+def profile_vectors(text_vecs: np.ndarray, habit_vecs: np.ndarray, has_habits, habits_weight: float) -> np.ndarray:
+    """The hypernet's input rows: each profile text's embedding plus habits_weight x its habits line's own embedding,
+    re-normalised (rows without habits, or habits_weight 0, keep the text embedding). Inside the long profile text
+    the habits line is a few of 256 pooled tokens: a linear read-out of a user's category mix from the text vector
+    alone loses most of the per-user prior that the counts carry (bench/results/profile_signal.md)."""
+    if habits_weight <= 0:
+        return text_vecs
+    w = habits_weight * np.asarray(has_habits, np.float32)[:, None]
+    v = text_vecs + w * habit_vecs
+    return (v / np.clip(np.linalg.norm(v, axis=1, keepdims=True), 1e-12, None)).astype(np.float32)
 
 
 def summary_prompt(items: Sequence[Any], template: str | None = None) -> str:
@@ -228,8 +244,10 @@ def build_profile(
     top_k: int = 2,
     item_vecs: np.ndarray | None = None,
     habits: str | None = None,
+    habits_weight: float = 0.0,
 ) -> Profile:
-    """Retrieve the top-k items for the summary, write the profile text and encode it into one vector."""
+    """Retrieve the top-k items for the summary, write the profile text and encode it into one vector
+    (with habits_weight > 0, plus the habits line's own embedding: see profile_vectors; the card says which)."""
     t0 = time.perf_counter()
     texts = [item_text(it) for it in items]
     if item_vecs is None:
@@ -239,7 +257,10 @@ def build_profile(
     idx = retrieve(query, item_vecs, top_k)
     retrieved = [items[i] for i in idx]
     text = profile_text(summary, retrieved, habits)
-    emb = encoder.encode([text])[0]
+    emb = encoder.encode([text])
+    if habits and habits_weight > 0:
+        emb = profile_vectors(emb, encoder.encode([habits_line(habits)]), [True], habits_weight)
+    emb = emb[0]
     t2 = time.perf_counter()
     return Profile(
         summary=summary, summary_source=summary_source, retrieved=retrieved, text=text, embedding=emb,

@@ -415,3 +415,37 @@ def test_embedding_cache_delete_for_history(tmp_path):
     c.encode(FakeEncoder().encode, ["a"], "h" * 64)
     assert c.delete_for_history("h" * 64) == 1
     assert c.delete_for_history("h" * 64) == 0
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0, 2.5])
+def test_build_profile_habits_weight_adds_the_habits_line_vector(weight):
+    enc = FakeEncoder()
+    items = [item(f"t{i}", i, id=f"id{i}", label="cooking") for i in range(3)]
+    habits = P.item_habits(items)
+    prof = build_profile(enc, items, summary=None, summary_source="none", top_k=1, habits=habits, habits_weight=weight)
+    want = enc.vec(prof.text) + weight * enc.vec(f"Habits: {habits}")
+    np.testing.assert_allclose(prof.embedding, want / np.linalg.norm(want), rtol=1e-6, atol=1e-7)
+    # no habits (no labels, no ratings): the text vector alone, whatever the weight
+    plain = [item(f"t{i}", i, id=f"id{i}") for i in range(3)]
+    prof = build_profile(enc, plain, summary=None, summary_source="none", top_k=1, habits=P.item_habits(plain),
+                         habits_weight=weight)
+    np.testing.assert_allclose(prof.embedding, enc.vec(prof.text), rtol=1e-6)
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_training_profiles_are_the_vectors_the_client_builds(weight):
+    """Training (train.profiles.embed_profiles) and the client (build_profile) must give a user the same vector."""
+    from p2p_edge.train.profiles import embed_profiles, profile_items
+
+    users = [{"user_id": f"u{n}", "history": [
+        {"id": f"{n}-{i}", "time": None, "text": f"story {n} {i}", "label": ["A", "B"][(i + n) % 2 if n else 0],
+         **({"rating": 1 + i % 5} if n == 1 else {})} for i in range(6)]} for n in range(3)]
+    users.append({"user_id": "plain", "history": [{"id": f"p{i}", "time": None, "text": f"p {i}"} for i in range(6)]})
+    summaries = {(u["user_id"], 4): f"summary of {u['user_id']}" for u in users}
+    enc = FakeEncoder()
+    train_vecs = embed_profiles(enc, users, 2, summaries, top_k=2, habits_weight=weight)["full"]
+    for row, u in enumerate(users):
+        items = profile_items(u, 2)
+        prof = build_profile(enc, items, summary=summaries[(u["user_id"], 4)], summary_source="given", top_k=2,
+                             habits=P.item_habits(items), habits_weight=weight)
+        np.testing.assert_allclose(train_vecs[row], prof.embedding, rtol=1e-5, atol=1e-6)

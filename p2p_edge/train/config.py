@@ -25,6 +25,9 @@ class ProfilesCfg:
     # (more distinct profiles and examples from long histories; their summaries: `profiles summaries --extra-cuts N`)
     extra_cuts: dict = field(default_factory=dict)
     variant: str = "full"     # full | summary_only | retrieval_only (ablations)
+    # > 0: the profile vector adds this x the habits line's own embedding (label / rating habits), re-normalised;
+    # written to the card, and the client builds the same vector. 0 = the text embedding alone (v1).
+    habits_weight: float = 0.0
 
 
 @dataclass

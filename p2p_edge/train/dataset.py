@@ -88,7 +88,8 @@ def load_corpus(cfg: Config, encoder, *, max_users: dict | None = None, require_
                            "run `python -m p2p_edge.train.profiles summaries` first")
         # require_summaries=False keeps them with a summary-less profile (evaluation needs summaries only for the
         # users it answers for; the others still count for labels and priors)
-        embs = embed_profiles(encoder, users, q, summaries, top_k=cfg.profiles.top_k)
+        embs = embed_profiles(encoder, users, q, summaries, top_k=cfg.profiles.top_k,
+                              habits_weight=cfg.profiles.habits_weight)
         ids = [u["user_id"] for u in users]
         # splits per dataset; OOD clusters on the full-profile embeddings
         if fixed:
@@ -113,7 +114,8 @@ def load_corpus(cfg: Config, encoder, *, max_users: dict | None = None, require_
                            f"run `python -m p2p_edge.train.profiles summaries --extra-cuts {n_cuts}` first")
         cuts = with_summary
         if cuts:
-            cut_embs = embed_profiles(encoder, cuts, q, summaries, top_k=cfg.profiles.top_k)
+            cut_embs = embed_profiles(encoder, cuts, q, summaries, top_k=cfg.profiles.top_k,
+                                      habits_weight=cfg.profiles.habits_weight)
             embs = {v: np.concatenate([embs[v], cut_embs[v]]) for v in embs}
         for n, u in enumerate(users + cuts):
             items = profile_items(u, q)

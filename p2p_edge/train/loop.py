@@ -334,7 +334,8 @@ def run(config_path: Path, *, log=print) -> Path:
     meta = {
         "base_model": base_meta,
         "encoder": {"name": encoder.name, "dim": encoder.dim},
-        "profile": {"top_k": cfg.profiles.top_k, "variant": cfg.profiles.variant},
+        "profile": {"top_k": cfg.profiles.top_k, "variant": cfg.profiles.variant,
+                    "habits_weight": cfg.profiles.habits_weight},
         "training": {"config": cfg.to_dict(), "split": cfg.split, "n_train_users": len(train_uids),
                      "n_train_examples": len(rows), "tasks": list(corpus.tasks)},
     }

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..paths import PROMPTS_DIR
-from ..profile import generate_summary, item_habits, item_text, profile_text, retrieve
+from ..profile import generate_summary, habits_line, item_habits, item_text, profile_text, profile_vectors, retrieve
 
 VARIANTS = ("full", "summary_only", "retrieval_only")
 
@@ -117,9 +117,11 @@ def build_summaries(data: Path, query_items: int, out: Path, *, limit: int | Non
     return n
 
 
-def embed_profiles(encoder, users: list[dict], query_items: int, summaries: dict, top_k: int = 2) -> dict[str, np.ndarray]:
-    """{variant: (n_users, dim)} profile embeddings, rows aligned with `users`."""
+def embed_profiles(encoder, users: list[dict], query_items: int, summaries: dict, top_k: int = 2,
+                   habits_weight: float = 0.0) -> dict[str, np.ndarray]:
+    """{variant: (n_users, dim)} profile embeddings, rows aligned with `users` (the client's build_profile vectors)."""
     texts = {v: [] for v in VARIANTS}
+    all_habits = []
     for user in users:
         items = profile_items(user, query_items)
         summ = summaries.get((user["user_id"], len(items)))
@@ -128,10 +130,17 @@ def embed_profiles(encoder, users: list[dict], query_items: int, summaries: dict
         top = [items[i] for i in retrieve(q, vecs, top_k)]
         recent = [items[i] for i in retrieve(None, vecs, top_k)]
         habits = item_habits(items)
+        all_habits.append(habits)
         texts["full"].append(profile_text(summ, top, habits))
         texts["summary_only"].append(profile_text(summ, [], habits))
         texts["retrieval_only"].append(profile_text(None, recent, habits))
-    return {v: encoder.encode(t) for v, t in texts.items()}
+    if habits_weight <= 0:
+        return {v: encoder.encode(t) for v, t in texts.items()}
+    has = [h is not None for h in all_habits]
+    hv = np.zeros((len(users), encoder.dim), np.float32)
+    if any(has):
+        hv[np.array(has)] = encoder.encode([habits_line(h) for h in all_habits if h is not None])
+    return {v: profile_vectors(encoder.encode(t), hv, has, habits_weight) for v, t in texts.items()}
 
 
 def main(argv=None) -> int:
