@@ -20,6 +20,7 @@ those users gives the chance that a model this profile-aware shows a CI above 0 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -114,6 +115,21 @@ class Probe:
         return max(grid, key=lambda ba: (round(acc(self.answers(W, p_train, val_uids, *ba)), 6), -ba[0]))
 
 
+def read_out_counts(probe: Probe, vecs: dict[str, np.ndarray], train_uids, lam: float = 0.1,
+                    n: float = 20.0) -> dict[str, np.ndarray]:
+    """What the hypernet's input vector holds of each user's label mix: a ridge read-out of the (smoothed) log
+    label distribution from the profile vector, fit on train users, returned as n pseudo-counts per user."""
+    uids = probe.uids
+    C = np.array([probe.counts[u] for u in uids])
+    target = np.log((C + 0.5) / (C.sum(1, keepdims=True) + 0.5 * C.shape[1]))
+    X = np.hstack([np.array([vecs[u] for u in uids], np.float64), np.ones((len(uids), 1))])
+    tr = np.isin(uids, list(train_uids))
+    A = np.linalg.solve(X[tr].T @ X[tr] + lam * np.eye(X.shape[1]), X[tr].T @ target[tr])
+    P = np.exp(X @ A)
+    P /= P.sum(1, keepdims=True)
+    return {u: n * P[i] for i, u in enumerate(uids)}
+
+
 def per_user_correct(ans: dict) -> dict[str, np.ndarray]:
     return {u: np.array([p == t for _, p, t in rows], float) for u, rows in ans.items() if rows}
 
@@ -164,8 +180,11 @@ def main(argv=None) -> int:
     have = set(probe.uids)
     train_uids = [u for u in corpus.part("both", "train") if u in have]
     W, p_train = probe.fit(train_uids)
+    index = corpus.index()
+    vector_probe = copy.copy(probe)   # the same probe, reading the user's label mix from the hypernet's input vector
+    vector_probe.counts = read_out_counts(probe, {u: corpus.emb["full"][index[u]] for u in probe.uids}, train_uids)
     result = {"config": str(args.config), "task": args.task, "labels": probe.labels, "splits": {},
-              "answers": str(args.answers) if args.answers else None}
+              "answers": str(args.answers) if args.answers else None, "habits_weight": cfg.profiles.habits_weight}
     for split in ("random", "ood"):
         val = [u for u in corpus.splits[split]["val"] if u in have]
         test = [u for u in corpus.splits[split]["test"] if u in have]
@@ -173,17 +192,22 @@ def main(argv=None) -> int:
         ans = {"text_only": probe.answers(W, p_train, test, 0.0, alpha),
                "probe": probe.answers(W, p_train, test, beta, alpha),
                "probe_shuffled": probe.answers(W, p_train, test, beta, alpha, donor=derangement(test, seed=1))}
+        vb, va = vector_probe.choose(W, p_train, val)
+        ans["vector_probe"] = vector_probe.answers(W, p_train, test, vb, va)
+        ans["vector_probe_shuffled"] = vector_probe.answers(W, p_train, test, vb, va, donor=derangement(test, seed=1))
         if args.answers:
             rep = json.loads((args.answers / f"answers_{split}.json").read_text())
             ans["p2p"] = {u: [tuple(r) for r in rep["p2p"][u] if r[0] == args.task] for u in test if u in rep["p2p"]}
         table = to_json(user_metric_table(ans, tasks))
         diff = to_json({k: paired_diff(ans, "probe", b, tasks) for k, b in
                         (("probe-probe_shuffled", "probe_shuffled"), ("probe-text_only", "text_only"))})
+        diff["vector_probe-vector_probe_shuffled"] = to_json(
+            {"d": paired_diff(ans, "vector_probe", "vector_probe_shuffled", tasks)})["d"]
         if "p2p" in ans:
             diff["p2p-probe"] = to_json({"d": paired_diff(ans, "p2p", "probe", tasks)})["d"]
         for d in diff.values():
             d[args.task]["accuracy_detectable"] = detectable(d[args.task]["accuracy_ci"])
-        result["splits"][split] = {"beta": beta, "alpha": alpha, "n_users": len(test), "methods": table,
+        result["splits"][split] = {"beta": beta, "alpha": alpha, "vector_beta": vb, "n_users": len(test), "methods": table,
                                    "paired_diffs": diff}
 
     # cross-fitted over all users: the gain with many users, and the power of n-user panels
@@ -238,6 +262,14 @@ def render(r: dict, args) -> str:
         g = d["paired_diffs"]["probe-probe_shuffled"][t]
         lines.append(f"| {s} | {d['n_users']} | {d['beta']} | {acc['text_only']:.3f} | {acc['probe']:.3f} | "
                      f"{acc['probe_shuffled']:.3f} | {_ci(g)} | {g['accuracy_detectable']:.3f} |")
+    lines += ["", "The same probe reading the user's label mix from the hypernet's input vector instead of the counts "
+              f"(a ridge read-out fit on train users; profile vectors with habits_weight = {r.get('habits_weight', 0.0)}): "
+              "how much of this prior a linear read-out of the vectors the hypernet sees keeps.", "",
+              "| split | vector probe | shuffled profile | own minus shuffled [95% CI] | detectable |", "|---|---:|---:|---:|---:|"]
+    for s, d in r["splits"].items():
+        m, g = d["methods"], d["paired_diffs"]["vector_probe-vector_probe_shuffled"][t]
+        lines.append(f"| {s} | {m['vector_probe'][t]['accuracy']:.3f} | {m['vector_probe_shuffled'][t]['accuracy']:.3f} | "
+                     f"{_ci(g)} | {g['accuracy_detectable']:.3f} |")
     if any("p2p-probe" in d["paired_diffs"] for d in r["splits"].values()):
         lines += ["", f"P2P's answers from `{r['answers']}` on the same queries:", "",
                   "| split | P2P | probe | P2P minus probe [95% CI] |", "|---|---:|---:|---:|"]

@@ -60,3 +60,14 @@ def test_probe_uses_the_profile_and_a_swapped_profile_hurts():
     assert not any(p == t for rows in swapped.values() for _, p, t in rows)
     beta, _ = probe.choose(W, p_train, probe.uids)
     assert beta > 0   # validation prefers using the profile when it is what decides
+
+
+def test_read_out_counts_recovers_a_label_mix_the_vector_encodes_and_not_one_it_lacks():
+    from bench.profile_signal import read_out_counts
+
+    probe = Probe(fake_corpus(), "cat", FakeEncoder())
+    pol, spo = probe.counts["d/pol"], probe.counts["d/spo"]
+    clear = read_out_counts(probe, {"d/pol": np.array([1.0, 0.0]), "d/spo": np.array([0.0, 1.0])}, probe.uids, lam=1e-3)
+    assert clear["d/pol"].argmax() == pol.argmax() and clear["d/spo"].argmax() == spo.argmax()
+    blind = read_out_counts(probe, {"d/pol": np.array([1.0, 1.0]), "d/spo": np.array([1.0, 1.0])}, probe.uids)
+    np.testing.assert_allclose(blind["d/pol"], blind["d/spo"])   # same vector: no per-user prior left
