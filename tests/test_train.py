@@ -176,6 +176,15 @@ def test_default_config_parses():
     assert cfg.train.method == "p2p" and cfg.hypernet.rank == 8 and set(cfg.tasks) >= {"news_category", "amazon_rating"}
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs").glob("train_*.toml")))
+def test_every_shipped_config_parses_and_warm_starts_from_its_own_recipe(name):
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    if cfg.train.init_from:   # a continuation names the checkpoint another shipped config writes, same method
+        src = cfg.resolve(cfg.train.init_from).parent
+        writers = [load_config(p) for p in cfg.resolve(".").glob("train_*.toml")]
+        assert any(cfg.resolve(w.out_dir) == src and w.train.method == cfg.train.method for w in writers), name
+
+
 def test_profile_regularisers_only_perturb_when_asked():
     from p2p_edge.train.loop import perturb_profiles
 
