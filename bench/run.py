@@ -110,6 +110,7 @@ def main(argv=None) -> int:
 
     from p2p_edge.evaluate import limit_queries
     from p2p_edge.paths import encoder_dir
+    from p2p_edge.train.config import check_card_profile
     from p2p_edge.train.profiles import subsample_users
 
     from .client_latency import cpu_model, tokens_per_second
@@ -127,6 +128,7 @@ def main(argv=None) -> int:
 
     t = time.perf_counter()
     client = Client(hypernet_path=args.hypernet, threads=args.threads)
+    check_card_profile(client.hypernet.card.profile, cfg, str(client.hypernet.path))  # the corpus's vectors fit it
     models_load_ms = (time.perf_counter() - t) * 1e3
     # the card's id names the trained model; the sha names the exact file (fp16 and fp32 exports share an id)
     hypernet_sha = client.hypernet.card.raw.get("onnx_sha256")

@@ -48,3 +48,12 @@ def test_card_states_held_out_checks_on_both_splits(card):
 def test_card_names_the_weights_it_scored(card):
     # the report scores the checkpoint's fp32 weights: a file stored otherwise must say what was scored
     assert card["onnx"]["dtype"] == "float32" or card["metrics"].get("weights")
+
+
+def test_the_bench_default_config_builds_the_vectors_it_was_trained_on(card):
+    from pathlib import Path
+
+    from p2p_edge.train.config import check_card_profile, load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "train_default.toml")
+    check_card_profile(card["profile"], cfg, "the shipped hypernet")
