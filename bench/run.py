@@ -128,7 +128,7 @@ def main(argv=None) -> int:
 
     t = time.perf_counter()
     client = Client(hypernet_path=args.hypernet, threads=args.threads)
-    check_card_profile(client.hypernet.card.profile, cfg, str(client.hypernet.path))  # the corpus's vectors fit it
+    check_card_profile(client.hypernet.card, cfg, str(client.hypernet.path))  # the corpus's vectors fit it
     models_load_ms = (time.perf_counter() - t) * 1e3
     # the card's id names the trained model; the sha names the exact file (fp16 and fp32 exports share an id)
     hypernet_sha = client.hypernet.card.raw.get("onnx_sha256")

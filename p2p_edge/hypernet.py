@@ -67,6 +67,15 @@ class HypernetCard:
     def profile(self) -> dict:
         return dict(self.raw.get("profile", {}))
 
+    # How the client must build the profile vector; cards written before a setting existed get its old behaviour.
+    @property
+    def top_k(self) -> int:
+        return int(self.profile.get("top_k", 2))
+
+    @property
+    def habits_weight(self) -> float:
+        return float(self.profile.get("habits_weight", 0.0))   # 0: the profile text's embedding alone (v1)
+
     def check_base(self, base: BaseSpec) -> None:
         """Refuse a hypernet that was not trained for this base model (one clear line)."""
         want = self.raw["base_model"]

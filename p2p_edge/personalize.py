@@ -145,12 +145,11 @@ class Client:
         t2 = time.perf_counter()
         T["summary"] = (t2 - t1) * 1e3
 
-        k = top_k if top_k is not None else int(self.hypernet.card.profile.get("top_k", 2))
+        k = top_k if top_k is not None else self.hypernet.card.top_k
         vecs = self.embeddings.encode(self.encoder.encode, [item_text(it) for it in history.items], history.sha256)
         habits = habits_text(history.label_counts, history.rating_sum, history.rating_count)
-        hw = float(self.hypernet.card.profile.get("habits_weight", 0.0))   # absent (v1 cards): text vector only
         profile = build_profile(self.encoder, history.items, summary=summ, summary_source=source, top_k=k,
-                                item_vecs=vecs, habits=habits, habits_weight=hw)
+                                item_vecs=vecs, habits=habits, habits_weight=self.hypernet.card.habits_weight)
         t3 = time.perf_counter()
         T["encode"] = (t3 - t2) * 1e3
 
@@ -190,7 +189,7 @@ class Client:
             "retrieved_ids": profile.retrieved_ids,
             "top_k": top_k,
             "profile_format": PROFILE_FORMAT,
-            "habits_weight": float(card.profile.get("habits_weight", 0.0)),
+            "habits_weight": card.habits_weight,
             "embedding_model": self.encoder.name,
             "hypernet": {"id": card.id, "path": str(self.hypernet.path), "rank": card.rank, "alpha": card.alpha},
             "base_model": {"id": card.raw["base_model"].get("id", self.base.name),  # check_base: same sha

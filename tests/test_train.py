@@ -294,13 +294,17 @@ def test_contrastive_training_separates_users_and_warm_start_loads_weights(tmp_p
 
 def test_an_evaluation_config_must_build_the_vectors_the_hypernet_was_trained_on(tmp_path):
     from p2p_edge.errors import InputError
+    from p2p_edge.hypernet import HypernetCard
     from p2p_edge.train.config import check_card_profile
+
+    def card(profile):
+        return HypernetCard(raw={"profile": profile}, path=tmp_path / "h.json")
 
     p = tmp_path / "c.toml"
     p.write_text("[profiles]\nhabits_weight = 1.0\n")
     cfg = load_config(p)
-    check_card_profile({"top_k": 2, "habits_weight": 1.0}, cfg, "h.onnx")
+    check_card_profile(card({"top_k": 2, "habits_weight": 1.0}), cfg, "h.onnx")
     with pytest.raises(InputError, match="profiles.habits_weight.*is 1.0, but h.onnx was trained with 0.0"):
-        check_card_profile({"top_k": 2}, cfg, "h.onnx")   # a v1 card: no habits vector
+        check_card_profile(card({"top_k": 2}), cfg, "h.onnx")   # a v1 card: no habits vector
     with pytest.raises(InputError, match="profiles.top_k"):
-        check_card_profile({"top_k": 3, "habits_weight": 1.0}, cfg, "h.onnx")
+        check_card_profile(card({"top_k": 3, "habits_weight": 1.0}), cfg, "h.onnx")

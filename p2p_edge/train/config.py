@@ -100,11 +100,11 @@ class Config:
         return asdict(self)
 
 
-def check_card_profile(card_profile: dict, cfg: Config, what: str) -> None:
+def check_card_profile(card, cfg: Config, what: str) -> None:
     """An evaluation builds its users' profile vectors from `cfg`: they must be the kind of vector the hypernet
-    `what` was trained on (its card's profile settings), or every score is of the wrong input."""
-    for key, default in (("habits_weight", 0.0), ("top_k", 2)):
-        want, have = type(default)(card_profile.get(key, default)), getattr(cfg.profiles, key)
+    `what` was trained on (its card, a HypernetCard), or every score is of the wrong input."""
+    for key in ("habits_weight", "top_k"):
+        want, have = getattr(card, key), getattr(cfg.profiles, key)
         if want != have:
             raise InputError(cfg.source, f"is {have}, but {what} was trained with {want}: use its training config",
                              field=f"profiles.{key}")

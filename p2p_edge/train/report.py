@@ -187,7 +187,7 @@ def main(argv=None) -> int:
 
     export_hypernet(args.p2p, out / "hypernet.onnx")
     hyper = Hypernet(out / "hypernet.onnx")
-    check_card_profile(hyper.card.profile, cfg, str(args.p2p))
+    check_card_profile(hyper.card, cfg, str(args.p2p))
     llm = LocalLLM(n_threads=args.threads)
     hyper.card.check_base(llm.spec)
     mt_path = write_adapter(out / "mt_lora.gguf", shared_lora_weights(args.mt_lora), llm.spec, dtype="f16")

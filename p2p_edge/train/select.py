@@ -93,7 +93,7 @@ def main(argv=None) -> int:
             export_hypernet(ckpt, onnx)
             hyper = Hypernet(onnx)
             hyper.card.check_base(llm.spec)
-            check_card_profile(hyper.card.profile, cfg, str(ckpt))
+            check_card_profile(hyper.card, cfg, str(ckpt))
             ans = run_adapter_method(llm, corpus, union, hypernet_adapters(hyper, llm.spec, corpus.emb["full"], index))
             table = {s: to_json(user_metric_table({"p2p": {u: ans[u] for u in us}}, corpus.tasks))["p2p"]
                      for s, us in split_users.items()}
