@@ -188,23 +188,21 @@ def main(argv=None) -> int:
     for split in ("random", "ood"):
         val = [u for u in corpus.splits[split]["val"] if u in have]
         test = [u for u in corpus.splits[split]["test"] if u in have]
+        donor = derangement(test, seed=1)
         beta, alpha = probe.choose(W, p_train, val)
+        vb, va = vector_probe.choose(W, p_train, val)
         ans = {"text_only": probe.answers(W, p_train, test, 0.0, alpha),
                "probe": probe.answers(W, p_train, test, beta, alpha),
-               "probe_shuffled": probe.answers(W, p_train, test, beta, alpha, donor=derangement(test, seed=1))}
-        vb, va = vector_probe.choose(W, p_train, val)
-        ans["vector_probe"] = vector_probe.answers(W, p_train, test, vb, va)
-        ans["vector_probe_shuffled"] = vector_probe.answers(W, p_train, test, vb, va, donor=derangement(test, seed=1))
+               "probe_shuffled": probe.answers(W, p_train, test, beta, alpha, donor=donor),
+               "vector_probe": vector_probe.answers(W, p_train, test, vb, va),
+               "vector_probe_shuffled": vector_probe.answers(W, p_train, test, vb, va, donor=donor)}
+        pairs = [("probe", "probe_shuffled"), ("probe", "text_only"), ("vector_probe", "vector_probe_shuffled")]
         if args.answers:
             rep = json.loads((args.answers / f"answers_{split}.json").read_text())
             ans["p2p"] = {u: [tuple(r) for r in rep["p2p"][u] if r[0] == args.task] for u in test if u in rep["p2p"]}
+            pairs.append(("p2p", "probe"))
         table = to_json(user_metric_table(ans, tasks))
-        diff = to_json({k: paired_diff(ans, "probe", b, tasks) for k, b in
-                        (("probe-probe_shuffled", "probe_shuffled"), ("probe-text_only", "text_only"))})
-        diff["vector_probe-vector_probe_shuffled"] = to_json(
-            {"d": paired_diff(ans, "vector_probe", "vector_probe_shuffled", tasks)})["d"]
-        if "p2p" in ans:
-            diff["p2p-probe"] = to_json({"d": paired_diff(ans, "p2p", "probe", tasks)})["d"]
+        diff = to_json({f"{a}-{b}": paired_diff(ans, a, b, tasks) for a, b in pairs})
         for d in diff.values():
             d[args.task]["accuracy_detectable"] = detectable(d[args.task]["accuracy_ci"])
         result["splits"][split] = {"beta": beta, "alpha": alpha, "vector_beta": vb, "n_users": len(test), "methods": table,

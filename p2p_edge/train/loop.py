@@ -202,13 +202,17 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
     if not last.is_file() and t.init_from:  # warm start: weights only
         src = cfg.resolve(t.init_from)
         ck = torch.load(src, map_location="cpu", weights_only=False)
-        try:
-            if ck.get("method") != t.method:
-                raise RuntimeError(f"it was trained with method {ck.get('method')!r}, this config is {t.method!r}")
-            gen.load_state_dict(ck["state_dict"])   # strict: names and shapes must match
-        except RuntimeError as e:
-            raise InputError(cfg.source or src, f"checkpoint {src} does not fit this config: {str(e).splitlines()[0]}",
-                             field="train.init_from") from None
+        misfit = None
+        if ck.get("method") != t.method:
+            misfit = f"it was trained with method {ck.get('method')!r}, this config is {t.method!r}"
+        else:
+            try:
+                gen.load_state_dict(ck["state_dict"])   # strict: names and shapes must match
+            except RuntimeError as e:
+                misfit = str(e).splitlines()[0]
+        if misfit:
+            raise InputError(cfg.source or src, f"checkpoint {src} does not fit this config: {misfit}",
+                             field="train.init_from")
         log(f"initialised from {src} (step {ck['step']})")
     if last.is_file():  # resume
         ck = torch.load(last, map_location="cpu", weights_only=False)
