@@ -1,16 +1,20 @@
 """Does a hypernet's profile effect hold from one panel of held-out users to the next?
 
 Candidates are gated on validation users and judged on test users: two disjoint panels of the same split, each
-of a dozen or so authors. This reads the answers two `p2p_edge.train.report` runs saved (answers_SPLIT.json, one
-run with --part val, one with --part test) and sets side by side, per split and panel: each method's accuracy on a
-classification task (accuracy), P2P with the user's own profile minus P2P with another held-out user's profile (the same
-donors as the report, paired 95% bootstrap CI over users), and both panels pooled. No model runs: seconds.
+of a dozen or so authors. This reads the answers `p2p_edge.train.report` runs saved (answers_SPLIT.json: e.g. one
+run with --part val and one with --part test, or the test reports of k folds, p2p_edge.train.folds) and sets side
+by side, per split and panel: each method's accuracy on a classification task, P2P with the user's own profile
+minus P2P with another held-out user's profile (the same donors as the report, paired 95% bootstrap CI over users),
+and all panels pooled. No model runs: seconds.
 
 A candidate that passed a validation gate was picked for its validation panel, so its pooled gap leans upward;
-the pooled row is a diagnostic of how much the effect varies, not evidence for shipping.
+for such a candidate the pooled row is a diagnostic of how much the effect varies, not evidence for shipping.
+The k folds of one recipe are k fresh panels: their pool scores the recipe on every user once.
 
     python -m bench.panels --task news_category --out bench/results/panels \
         v1=runs/report_v1_val,runs/report_v1b habits_full=runs/report_habits_full_val,runs/report_habits_full_test
+    python -m bench.panels --task news_category --splits random --out bench/results/folds_v1 \
+        v1=runs/folds/v1_fold0/report,runs/folds/v1_fold1/report,...
 """
 
 from __future__ import annotations
@@ -28,13 +32,16 @@ from p2p_edge.fileio import atomic_write_text
 METHODS = ("mt_lora", "p2p", "p2p_shuffled", "prior")
 
 
-def parse_candidate(spec: str) -> tuple[str, Path, Path]:
-    """NAME=VAL_REPORT_DIR,TEST_REPORT_DIR"""
+SPEC = "NAME=REPORT_DIR[,REPORT_DIR...]"
+
+
+def parse_candidate(spec: str) -> tuple[str, list[Path]]:
+    """NAME=REPORT_DIR[,REPORT_DIR...]: one recipe's reports, each on its own panel of users."""
     name, sep, dirs = spec.partition("=")
     parts = dirs.split(",")
-    if not sep or not name or len(parts) != 2 or not all(parts):
-        raise InputError(spec, "expected NAME=VAL_REPORT_DIR,TEST_REPORT_DIR", field="candidate")
-    return name, Path(parts[0]), Path(parts[1])
+    if not sep or not name or not all(parts) or len(set(parts)) < len(parts):
+        raise InputError(spec, f"expected {SPEC} (distinct dirs)", field="candidate")
+    return name, [Path(p) for p in parts]
 
 
 def load_answers(report: Path, split: str, task: str) -> dict[str, dict[str, list]]:
@@ -58,14 +65,17 @@ class Accuracy:
         return {"accuracy": M.accuracy(list(predictions), list(targets))}
 
 
-def merge(val: dict, test: dict, where: str) -> dict:
-    """One panel of both panels' users; a user in both would be counted twice, so it is an error."""
-    out = {}
-    for m in set(val) & set(test):
-        shared = set(val[m]) & set(test[m])
-        if shared:
-            raise InputError(where, f"{len(shared)} user(s) in both panels, e.g. {sorted(shared)[0]}")
-        out[m] = {**val[m], **test[m]}
+def merge(panels: list[dict], where: str) -> dict:
+    """One panel of all panels' users (methods all of them answered); a user in two panels would be counted
+    twice, so it is an error."""
+    out: dict[str, dict] = {}
+    for m in set.intersection(*(set(p) for p in panels)):
+        out[m] = {}
+        for p in panels:
+            shared = set(out[m]) & set(p[m])
+            if shared:
+                raise InputError(where, f"{len(shared)} user(s) in two panels, e.g. {sorted(shared)[0]}")
+            out[m].update(p[m])
     return out
 
 
@@ -79,15 +89,15 @@ def panel_row(answers: dict, task: str) -> dict:
             "own_minus_shuffled": {"diff": gap[metric], "ci": gap[f"{metric}_ci"]}}
 
 
-def analyse(candidates: list[tuple[str, Path, Path]], task: str) -> dict:
+def analyse(candidates: list[tuple[str, list[Path]]], task: str, splits=("random", "ood")) -> dict:
     out: dict = {"task": task, "metric": "accuracy", "candidates": {}}
-    for name, val_dir, test_dir in candidates:
-        rows: dict = {"reports": {"val": str(val_dir), "test": str(test_dir)}, "splits": {}}
-        for split in ("random", "ood"):
-            val, test = load_answers(val_dir, split, task), load_answers(test_dir, split, task)
-            both = merge(val, test, f"{val_dir} + {test_dir} ({split})")
-            rows["splits"][split] = {p: panel_row(a, task)
-                                     for p, a in (("val", val), ("test", test), ("pooled", both))}
+    for name, dirs in candidates:
+        rows: dict = {"reports": [str(d) for d in dirs], "splits": {}}
+        for split in splits:
+            panels = {str(d): load_answers(d, split, task) for d in dirs}
+            if len(dirs) > 1:
+                panels["pooled"] = merge(list(panels.values()), f"{' + '.join(map(str, dirs))} ({split})")
+            rows["splits"][split] = {p: panel_row(a, task) for p, a in panels.items()}
         out["candidates"][name] = rows
     return out
 
@@ -102,8 +112,9 @@ def render(r: dict, cmd: str) -> str:
     lines = [f"<!-- generated by: {cmd} -->",
              f"# {t}: the profile effect on each panel of held-out users", "",
              "P2P with the user's own profile minus P2P with another held-out user's profile (same donors as the "
-             f"reports), {m}, paired 95% CI over users. *val* and *test* are disjoint panels of the same split; "
-             "*pooled* is both together. A candidate gated on its validation panel leans upward there.", "",
+             f"reports), {m}, paired 95% CI over users. Each panel is one report's users (disjoint panels of the "
+             "same split); *pooled* is all of them together. A candidate gated on its validation panel leans "
+             "upward there.", "",
              "| candidate | split | panel | users | MT-LoRA | P2P | P2P, shuffled | prior | own minus shuffled [95% CI] |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, c in r["candidates"].items():
@@ -117,12 +128,14 @@ def render(r: dict, cmd: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("candidates", nargs="+", help="NAME=VAL_REPORT_DIR,TEST_REPORT_DIR")
+    ap.add_argument("candidates", nargs="+", help=SPEC)
+    ap.add_argument("--splits", nargs="+", default=["random", "ood"], choices=["random", "ood"],
+                    help="k-fold reports: random only (their two split sections are the same users)")
     ap.add_argument("--task", required=True, help="a classification task the reports scored")
     ap.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
     args = ap.parse_args(argv)
     try:
-        r = analyse([parse_candidate(s) for s in args.candidates], args.task)
+        r = analyse([parse_candidate(s) for s in args.candidates], args.task, tuple(args.splits))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

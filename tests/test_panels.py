@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -29,27 +30,43 @@ def test_panels_and_their_pool(tmp_path):
     right, wrong = [("A", "A"), ("B", "B")], [("B", "A"), ("A", "B")]
     val = write_report(tmp_path / "val", {f"v{i}": (right, wrong) for i in range(6)})     # profile helps
     test = write_report(tmp_path / "test", {f"t{i}": (right, right) for i in range(6)})  # profile changes nothing
-    r = analyse([("cand", val, test)], "cat")["candidates"]["cand"]["splits"]["random"]
-    assert r["val"]["own_minus_shuffled"] == {"diff": 1.0, "ci": [1.0, 1.0]}
-    assert r["test"]["own_minus_shuffled"] == {"diff": 0.0, "ci": [0.0, 0.0]}
+    r = analyse([("cand", [val, test])], "cat")["candidates"]["cand"]["splits"]["random"]
+    assert list(r) == [str(val), str(test), "pooled"]
+    assert r[str(val)]["own_minus_shuffled"] == {"diff": 1.0, "ci": [1.0, 1.0]}
+    assert r[str(test)]["own_minus_shuffled"] == {"diff": 0.0, "ci": [0.0, 0.0]}
     pooled = r["pooled"]
     assert pooled["n_users"] == 12 and pooled["own_minus_shuffled"]["diff"] == pytest.approx(0.5)
     lo, hi = pooled["own_minus_shuffled"]["ci"]
     assert 0.0 < lo < 0.5 < hi < 1.0
-    assert r["val"]["methods"] == {"mt_lora": 0.5, "p2p": 1.0, "p2p_shuffled": 0.0, "prior": 0.0}
+    assert r[str(val)]["methods"] == {"mt_lora": 0.5, "p2p": 1.0, "p2p_shuffled": 0.0, "prior": 0.0}
+
+
+def test_k_panels_pool_and_one_split_only(tmp_path):
+    right, wrong = [("A", "A")], [("B", "A")]
+    dirs = [write_report(tmp_path / f"fold{k}", {f"f{k}u{i}": (right, wrong if i % 2 else right) for i in range(4)})
+            for k in range(3)]
+    r = analyse([("v1", dirs)], "cat", splits=("random",))["candidates"]["v1"]["splits"]
+    assert list(r) == ["random"] and r["random"]["pooled"]["n_users"] == 12
+    assert r["random"]["pooled"]["own_minus_shuffled"]["diff"] == pytest.approx(0.5)
+    alone = analyse([("one", dirs[:1])], "cat")["candidates"]["one"]["splits"]["random"]
+    assert list(alone) == [str(dirs[0])]  # one panel: nothing to pool
 
 
 def test_a_user_in_both_panels_is_an_error(tmp_path):
     a = write_report(tmp_path / "a", {"u1": ([("A", "A")], [("A", "A")])})
     b = write_report(tmp_path / "b", {"u1": ([("A", "A")], [("A", "A")])})
-    with pytest.raises(InputError, match="in both panels"):
-        analyse([("c", a, b)], "cat")
+    with pytest.raises(InputError, match="in two panels"):
+        analyse([("c", [a, b])], "cat")
 
 
-@pytest.mark.parametrize("spec", ["c", "c=a", "=a,b", "c=a,", "c=a,b,c"])
+@pytest.mark.parametrize("spec", ["c", "=a,b", "c=a,", "c=", "c=a,b,a"])
 def test_bad_candidate_spec(spec):
-    with pytest.raises(InputError, match="NAME=VAL_REPORT_DIR,TEST_REPORT_DIR"):
+    with pytest.raises(InputError, match="NAME=REPORT_DIR"):
         parse_candidate(spec)
+
+
+def test_candidate_spec():
+    assert parse_candidate("v1=a,b/c,d") == ("v1", [Path("a"), Path("b/c"), Path("d")])
 
 
 def test_missing_report_is_a_one_line_error_and_writes_nothing(tmp_path, capsys):

@@ -81,9 +81,20 @@ def test_rerender_of_a_json_that_is_not_a_report_is_a_one_line_error(tmp_path, c
     assert (tmp_path / "metrics.json").read_text() == content and not (tmp_path / "report.md").exists()
 
 
-def test_scoring_needs_both_checkpoints(tmp_path):
-    with pytest.raises(SystemExit):
-        report.main(["--config", str(ROOT / "configs/train_default.toml"), "--out", str(tmp_path)])
+def test_scoring_needs_a_hypernet_checkpoint(tmp_path):
+    with pytest.raises(SystemExit):  # --mt-lora alone is not enough; --p2p alone is (a k-fold run has no control)
+        report.main(["--config", str(ROOT / "configs/train_default.toml"), "--out", str(tmp_path),
+                     "--mt-lora", str(tmp_path / "m.pt")])
+
+
+def test_a_report_without_the_mt_lora_control_renders_without_its_rows(tmp_path):
+    diffs = {k: v for k, v in _diffs().items() if k != "p2p-mt_lora"}
+    metrics = {"config": "x", "queries_per_user_task": 4, "part": "test", "checkpoints": {"p2p": "p", "mt_lora": None},
+               "splits": {"random": {"n_test_users": 3, "methods": {"p2p": {}}, "paired_diffs": diffs}}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    assert report.main(["--config", str(ROOT / "configs/train_default.toml"), "--out", str(tmp_path), "--rerender"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "p2p-p2p_shuffled (accuracy)" in md and "mt_lora" not in md
 
 
 class _Kind:

@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--p2p", type=Path, help="hypernet checkpoint (last.pt)")
-    ap.add_argument("--mt-lora", type=Path, help="MT-LoRA checkpoint (last.pt)")
+    ap.add_argument("--mt-lora", type=Path, help="MT-LoRA checkpoint (last.pt); without it no MT-LoRA rows")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--rerender", action="store_true",
                     help="no scoring: recompute the checks of OUT/metrics.json (tasks from --config) and rewrite "
@@ -178,8 +178,8 @@ def main(argv=None) -> int:
     cfg = load_config(args.config)
     if args.rerender:
         return rerender(args.out, cfg)
-    if not (args.p2p and args.mt_lora):
-        ap.error("--p2p and --mt-lora are required (unless --rerender)")
+    if not args.p2p:
+        ap.error("--p2p is required (unless --rerender)")
     out = ensure_private_dir(args.out)
     encoder = Encoder(threads=args.threads)
     corpus = load_corpus(cfg, encoder, max_users=cfg.profiles.max_users)
@@ -190,7 +190,8 @@ def main(argv=None) -> int:
     check_card_profile(hyper.card, cfg, str(args.p2p))
     llm = LocalLLM(n_threads=args.threads)
     hyper.card.check_base(llm.spec)
-    mt_path = write_adapter(out / "mt_lora.gguf", shared_lora_weights(args.mt_lora), llm.spec, dtype="f16")
+    mt_path = (write_adapter(out / "mt_lora.gguf", shared_lora_weights(args.mt_lora), llm.spec, dtype="f16")
+               if args.mt_lora else None)
 
     # a random-split val user may be an OOD test user: validation_users never scores it here
     users_of = (validation_users(corpus) if args.part == "val"
@@ -204,8 +205,9 @@ def main(argv=None) -> int:
     log(f"{len(test_uids)} {args.part} users (both splits), {sum(len(corpus.examples[u]) for u in test_uids)} queries each method")
     shared["base"] = run_adapter_method(llm, corpus, test_uids, lambda u, t: None)
     log("base done")
-    shared["mt_lora"] = run_adapter_method(llm, corpus, test_uids, lambda u, t: mt_path)
-    log("mt_lora done")
+    if mt_path:  # without a control trained on the same users (e.g. a k-fold run) its rows are left out
+        shared["mt_lora"] = run_adapter_method(llm, corpus, test_uids, lambda u, t: mt_path)
+        log("mt_lora done")
     shared["p2p"] = run_adapter_method(llm, corpus, test_uids, hypernet_adapters(hyper, llm.spec, corpus.emb["full"], index))
     log("p2p done")
     if args.ablations:
@@ -214,7 +216,8 @@ def main(argv=None) -> int:
                                                     hypernet_adapters(hyper, llm.spec, corpus.emb[v], index))
             log(f"p2p_{v} done")
 
-    results = {"config": str(args.config), "checkpoints": {"p2p": str(args.p2p), "mt_lora": str(args.mt_lora)},
+    results = {"config": str(args.config),
+               "checkpoints": {"p2p": str(args.p2p), "mt_lora": str(args.mt_lora) if args.mt_lora else None},
                "queries_per_user_task": args.queries_per_user_task, "part": args.part, "splits": {}}
     for split in ("random", "ood"):
         uids = users_of[split]
