@@ -219,13 +219,16 @@ def main(argv=None) -> int:
     results = {"config": str(args.config),
                "checkpoints": {"p2p": str(args.p2p), "mt_lora": str(args.mt_lora) if args.mt_lora else None},
                "queries_per_user_task": args.queries_per_user_task, "part": args.part, "splits": {}}
+    scored: dict[tuple, tuple] = {}  # k-fold splits give both splits the same users: score them once
     for split in ("random", "ood"):
-        uids = users_of[split]
-        # with --part val the prior's rule is picked on the users it is scored on
-        ans, table, diffs = score_split(llm, corpus, uids, shared, hyper, corpus.emb["full"], index,
-                                        train_uids=corpus.part("both", "train"),
-                                        val_uids=corpus.splits[split]["val"], compare=COMPARE)
-        log(f"{split}: shuffled + prior done")
+        uids, val_uids = users_of[split], corpus.splits[split]["val"]
+        key = (tuple(uids), tuple(val_uids))
+        if key not in scored:
+            # with --part val the prior's rule is picked on the users it is scored on
+            scored[key] = score_split(llm, corpus, uids, shared, hyper, corpus.emb["full"], index,
+                                      train_uids=corpus.part("both", "train"), val_uids=val_uids, compare=COMPARE)
+            log(f"{split}: shuffled + prior done")
+        ans, table, diffs = scored[key]
         results["splits"][split] = {
             "n_test_users": len(uids),
             "methods": to_json(table),
