@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.panels import load_answers
+from p2p_edge.errors import InputError
 from p2p_edge.evaluate import derangement, detectable, paired_diff, to_json, user_metric_table
 from p2p_edge.fileio import atomic_write_text
 
@@ -170,6 +172,11 @@ def main(argv=None) -> int:
     cfg = load_config(args.config)
     if args.task not in (cfg.tasks or [args.task]):
         ap.error(f"task {args.task!r} is not in {args.config}'s tasks")
+    try:   # read the P2P answers first: a wrong path should fail before minutes of encoding
+        p2p_answers = {s: load_answers(args.answers, s, args.task)["p2p"] for s in ("random", "ood")} if args.answers else {}
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     cfg.tasks = [args.task]
     encoder = Encoder(threads=args.threads)
     corpus = load_corpus(cfg, encoder, max_users=cfg.profiles.max_users)
@@ -198,8 +205,8 @@ def main(argv=None) -> int:
                "vector_probe_shuffled": vector_probe.answers(W, p_train, test, vb, va, donor=donor)}
         pairs = [("probe", "probe_shuffled"), ("probe", "text_only"), ("vector_probe", "vector_probe_shuffled")]
         if args.answers:
-            rep = json.loads((args.answers / f"answers_{split}.json").read_text())
-            ans["p2p"] = {u: [tuple(r) for r in rep["p2p"][u] if r[0] == args.task] for u in test if u in rep["p2p"]}
+            rep = p2p_answers[split]
+            ans["p2p"] = {u: [r for r in rep[u] if r[0] == args.task] for u in test if u in rep}
             pairs.append(("p2p", "probe"))
         table = to_json(user_metric_table(ans, tasks))
         diff = to_json({f"{a}-{b}": paired_diff(ans, a, b, tasks) for a, b in pairs})

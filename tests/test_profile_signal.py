@@ -71,3 +71,15 @@ def test_read_out_counts_recovers_a_label_mix_the_vector_encodes_and_not_one_it_
     assert clear["d/pol"].argmax() == pol.argmax() and clear["d/spo"].argmax() == spo.argmax()
     blind = read_out_counts(probe, {"d/pol": np.array([1.0, 1.0]), "d/spo": np.array([1.0, 1.0])}, probe.uids)
     np.testing.assert_allclose(blind["d/pol"], blind["d/spo"])   # same vector: no per-user prior left
+
+
+def test_a_missing_answers_report_is_a_one_line_error_before_any_encoding(tmp_path, capsys, monkeypatch):
+    import p2p_edge.encoder as enc
+    from bench.profile_signal import main
+
+    monkeypatch.setattr(enc, "Encoder", lambda *a, **k: pytest.fail("encoded before checking --answers"))
+    rc = main(["--config", "configs/train_default.toml", "--task", "news_category", "--out", str(tmp_path / "o"),
+               "--answers", str(tmp_path / "no_report")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "answers_random.json" in err
+    assert not list(tmp_path.glob("o.*"))
