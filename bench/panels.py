@@ -29,7 +29,7 @@ from p2p_edge.errors import InputError
 from p2p_edge.evaluate import paired_diff, to_json, user_metric_table
 from p2p_edge.fileio import atomic_write_text
 
-METHODS = ("mt_lora", "p2p", "p2p_shuffled", "prior")
+METHODS = ("base", "mt_lora", "p2p", "p2p_shuffled", "prior")
 
 
 SPEC = "NAME=REPORT_DIR[,REPORT_DIR...]"
@@ -83,10 +83,12 @@ def panel_row(answers: dict, task: str) -> dict:
     """Accuracy pooled within users, users resampled: the same bootstrap (and seed) as the reports."""
     tasks, metric = {task: Accuracy()}, "accuracy"
     acc = to_json(user_metric_table(answers, tasks))
-    gap = to_json({"d": paired_diff(answers, "p2p", "p2p_shuffled", tasks)})["d"][task]
-    return {"n_users": len(answers["p2p"]),
-            "methods": {m: acc[m][task][metric] for m in METHODS if m in acc},
-            "own_minus_shuffled": {"diff": gap[metric], "ci": gap[f"{metric}_ci"]}}
+    row = {"n_users": len(answers["p2p"]), "methods": {m: acc[m][task][metric] for m in METHODS if m in acc}}
+    for key, other in (("own_minus_shuffled", "p2p_shuffled"), ("p2p_minus_prior", "prior")):
+        if other in answers:   # the prior: does the hypernet beat the user's most frequent profile label?
+            gap = to_json({"d": paired_diff(answers, "p2p", other, tasks)})["d"][task]
+            row[key] = {"diff": gap[metric], "ci": gap[f"{metric}_ci"]}
+    return row
 
 
 def analyse(candidates: list[tuple[str, list[Path]]], task: str, splits=("random", "ood")) -> dict:
@@ -114,15 +116,18 @@ def render(r: dict, cmd: str) -> str:
              "P2P with the user's own profile minus P2P with another held-out user's profile (same donors as the "
              f"reports), {m}, paired 95% CI over users. Each panel is one report's users (disjoint panels of the "
              "same split); *pooled* is all of them together. A candidate gated on its validation panel leans "
-             "upward there.", "",
-             "| candidate | split | panel | users | MT-LoRA | P2P | P2P, shuffled | prior | own minus shuffled [95% CI] |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "upward there. *prior* is the user's most frequent profile label.", "",
+             "| candidate | split | panel | users | base | MT-LoRA | P2P | P2P, shuffled | prior "
+             "| own minus shuffled [95% CI] | P2P minus prior [95% CI] |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, c in r["candidates"].items():
         for split, panels in c["splits"].items():
             for p, row in panels.items():
                 acc = row["methods"]
                 cells = " | ".join(f"{acc[k]:.3f}" if k in acc else "–" for k in METHODS)
-                lines.append(f"| {name} | {split} | {p} | {row['n_users']} | {cells} | {_gap(row['own_minus_shuffled'])} |")
+                prior = _gap(row["p2p_minus_prior"]) if "p2p_minus_prior" in row else "–"
+                lines.append(f"| {name} | {split} | {p} | {row['n_users']} | {cells} "
+                             f"| {_gap(row['own_minus_shuffled'])} | {prior} |")
     return "\n".join(lines) + "\n"
 
 

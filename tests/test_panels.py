@@ -39,6 +39,20 @@ def test_panels_and_their_pool(tmp_path):
     lo, hi = pooled["own_minus_shuffled"]["ci"]
     assert 0.0 < lo < 0.5 < hi < 1.0
     assert r[str(val)]["methods"] == {"mt_lora": 0.5, "p2p": 1.0, "p2p_shuffled": 0.0, "prior": 0.0}
+    assert r[str(val)]["p2p_minus_prior"] == {"diff": 1.0, "ci": [1.0, 1.0]}   # the prior never answers here
+
+
+def test_reports_without_a_prior_or_mt_lora(tmp_path):
+    d = write_report(tmp_path / "r", {"u1": ([("A", "A")], [("B", "A")])})
+    for split in ("random", "ood"):
+        f = d / f"answers_{split}.json"
+        ans = json.loads(f.read_text())
+        del ans["prior"], ans["mt_lora"]
+        f.write_text(json.dumps(ans))
+    row = analyse([("c", [d])], "cat")["candidates"]["c"]["splits"]["random"][str(d)]
+    assert set(row["methods"]) == {"p2p", "p2p_shuffled"} and "p2p_minus_prior" not in row
+    main([f"c={d}", "--task", "cat", "--out", str(tmp_path / "o")])
+    assert "| – | – | 1.000 | 0.000 | – | +1.000" in (tmp_path / "o.md").read_text()
 
 
 def test_k_panels_pool_and_one_split_only(tmp_path):
