@@ -26,7 +26,7 @@ from pathlib import Path
 
 from p2p_edge import metrics as M
 from p2p_edge.errors import InputError
-from p2p_edge.evaluate import paired_diff, to_json, user_metric_table
+from p2p_edge.evaluate import answer_changes, answer_changes_cells, paired_diff, to_json, user_metric_table
 from p2p_edge.fileio import atomic_write_text
 
 METHODS = ("base", "mt_lora", "p2p", "p2p_shuffled", "prior")
@@ -61,6 +61,8 @@ class Accuracy:
     """Scores a classification task's saved answers (parsed label or None vs target) without its label set,
     which auto_top_k tasks only know after reading the training users: accuracy needs none."""
 
+    kind = "classification"   # answers are parsed labels: exact match is right (evaluate.answer_changes)
+
     def score(self, predictions, targets) -> dict[str, float]:
         return {"accuracy": M.accuracy(list(predictions), list(targets))}
 
@@ -83,7 +85,8 @@ def panel_row(answers: dict, task: str) -> dict:
     """Accuracy pooled within users, users resampled: the same bootstrap (and seed) as the reports."""
     tasks, metric = {task: Accuracy()}, "accuracy"
     acc = to_json(user_metric_table(answers, tasks))
-    row = {"n_users": len(answers["p2p"]), "methods": {m: acc[m][task][metric] for m in METHODS if m in acc}}
+    row = {"n_users": len(answers["p2p"]), "methods": {m: acc[m][task][metric] for m in METHODS if m in acc},
+           "answer_changes": answer_changes(answers, "p2p", "p2p_shuffled", tasks)[task]}
     for key, other in (("own_minus_shuffled", "p2p_shuffled"), ("p2p_minus_prior", "prior")):
         if other in answers:   # the prior: does the hypernet beat the user's most frequent profile label?
             gap = to_json({"d": paired_diff(answers, "p2p", other, tasks)})["d"][task]
@@ -116,10 +119,11 @@ def render(r: dict, cmd: str) -> str:
              "P2P with the user's own profile minus P2P with another held-out user's profile (same donors as the "
              f"reports), {m}, paired 95% CI over users. Each panel is one report's users (disjoint panels of the "
              "same split); *pooled* is all of them together. A candidate gated on its validation panel leans "
-             "upward there. *prior* is the user's most frequent profile label.", "",
+             "upward there. *prior* is the user's most frequent profile label. *Changed*: answers that differ "
+             "between the own and the shuffled profile, and on how many of those each was right.", "",
              "| candidate | split | panel | users | base | MT-LoRA | P2P | P2P, shuffled | prior "
-             "| own minus shuffled [95% CI] | P2P minus prior [95% CI] |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| own minus shuffled [95% CI] | P2P minus prior [95% CI] | changed | own / shuffled right |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, c in r["candidates"].items():
         for split, panels in c["splits"].items():
             for p, row in panels.items():
@@ -127,7 +131,8 @@ def render(r: dict, cmd: str) -> str:
                 cells = " | ".join(f"{acc[k]:.3f}" if k in acc else "–" for k in METHODS)
                 prior = _gap(row["p2p_minus_prior"]) if "p2p_minus_prior" in row else "–"
                 lines.append(f"| {name} | {split} | {p} | {row['n_users']} | {cells} "
-                             f"| {_gap(row['own_minus_shuffled'])} | {prior} |")
+                             f"| {_gap(row['own_minus_shuffled'])} | {prior} "
+                             f"| {' | '.join(answer_changes_cells(row['answer_changes']))} |")
     return "\n".join(lines) + "\n"
 
 
