@@ -19,3 +19,7 @@ class InputError(P2PError):
 
 class ModelFileError(P2PError):
     """A model-side file (base GGUF, adapter GGUF, hypernet ONNX or card) is missing, corrupt or mismatched."""
+
+
+class TrainingDiverged(P2PError):
+    """Training made the base model worse than no adapter at all (a loss blow-up): stop rather than ship it."""

@@ -147,7 +147,74 @@ def test_resume_continues_from_checkpoint(tmp_path):
           progress=False, log=msgs.append)
     assert any("resumed" in m and "step 10" in m for m in msgs)
     steps = [json.loads(line)["step"] for line in open(tmp_path / "train_log.jsonl")]
-    assert steps == list(range(1, 16))
+    assert steps == list(range(0, 16))   # step 0: the divergence guard's reference, measured once
+
+
+def blow_up(monkeypatch, *, val_after: int = 10**9, train_at: int = 10**9):
+    """Wraps the SFT loss: validation losses after the first `val_after` evaluations come out 3x, and the
+    `train_at`-th training loss is nan, so the divergence guard meets a blow-up at a known step."""
+    import p2p_edge.train.loop as loop
+
+    real, calls = loop.sft_loss, {"val": 0, "train": 0}
+
+    def fake(model, injector, gen, *a, **k):
+        loss = real(model, injector, gen, *a, **k)
+        kind = "train" if gen.training else "val"
+        calls[kind] += 1
+        if kind == "val" and calls["val"] > val_after:
+            return loss * 3
+        return loss * float("nan") if kind == "train" and calls["train"] == train_at else loss
+
+    monkeypatch.setattr(loop, "sft_loss", fake)
+
+
+def test_a_validation_blow_up_stops_training_before_it_overwrites_the_checkpoint(tmp_path, monkeypatch):
+    from p2p_edge.errors import TrainingDiverged
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    rows = two_user_rows(tok)
+    emb = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    blow_up(monkeypatch, val_after=2)   # val rows[:2] at batch 4: one call per evaluation; step 0 and step 5 are fine
+    with pytest.raises(TrainingDiverged, match=r"step 10: val loss .* > 1.5 x .*train.lr \(now 0.003\)"):
+        train(tiny_cfg(tmp_path, steps=30, eval_every=5, save_every=5), model, tok, rows, rows[:2], emb,
+              out_dir=tmp_path, meta={}, progress=False, log=lambda *_: None)
+    log = [json.loads(line) for line in open(tmp_path / "train_log.jsonl")]
+    assert log[0]["step"] == 0 and log[-1]["step"] == 10 and log[-1]["val_loss"] > 1.5 * log[0]["val_loss"]
+    ck = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert ck["step"] == 5 and ck["val_loss_start"] == pytest.approx(log[0]["val_loss"])
+
+
+def test_the_guard_keeps_its_reference_across_a_resume_and_can_be_turned_off(tmp_path, monkeypatch):
+    from p2p_edge.errors import TrainingDiverged
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    rows = two_user_rows(tok)
+    emb = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    train(tiny_cfg(tmp_path, steps=5, eval_every=5, save_every=5), model, tok, rows, rows[:2], emb,
+          out_dir=tmp_path, meta={}, progress=False, log=lambda *_: None)
+    blow_up(monkeypatch, val_after=0)   # every validation loss after the resume is 3x: judged against step 0's
+    with pytest.raises(TrainingDiverged, match="step 10: val loss"):
+        train(tiny_cfg(tmp_path, steps=10, eval_every=5, save_every=5), model, tok, rows, rows[:2], emb,
+              out_dir=tmp_path, meta={}, progress=False, log=lambda *_: None)
+    train(tiny_cfg(tmp_path, steps=10, eval_every=5, save_every=5, diverge_ratio=0), model, tok, rows, rows[:2],
+          emb, out_dir=tmp_path, meta={}, progress=False, log=lambda *_: None)   # off: trains on
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 10
+
+
+def test_a_nan_training_loss_stops_at_once(tmp_path, monkeypatch):
+    from p2p_edge.errors import TrainingDiverged
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    rows = two_user_rows(tok)
+    emb = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    blow_up(monkeypatch, train_at=3)
+    with pytest.raises(TrainingDiverged, match="step 3: train loss is nan"):
+        train(tiny_cfg(tmp_path, steps=30, eval_every=5, save_every=2, diverge_ratio=0), model, tok, rows,
+              rows[:2], emb, out_dir=tmp_path, meta={}, progress=False, log=lambda *_: None)
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 2
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -166,6 +233,10 @@ def test_config_errors_name_the_key(tmp_path):
     p.write_text('[train]\nmethod = "oppu"\n')
     with pytest.raises(InputError, match="train.method"):
         load_config(p)
+    for bad in ("1.0", "-2"):
+        p.write_text(f'[train]\ndiverge_ratio = {bad}\n')
+        with pytest.raises(InputError, match="train.diverge_ratio"):
+            load_config(p)
     p.write_text('split = [\n')
     with pytest.raises(InputError, match="invalid TOML"):
         load_config(p)
@@ -225,7 +296,7 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     gap = lambda x, y: max(float((x[k] - y[k]).abs().max()) for k in x)  # noqa: E731
     assert gap(ddp, one) < 1e-5
     assert gap(half, one) > 1e-3   # the check above can tell the two apart
-    assert [json.loads(line)["step"] for line in open(tmp_path / "ddp" / "train_log.jsonl")] == list(range(1, 7))
+    assert [json.loads(line)["step"] for line in open(tmp_path / "ddp" / "train_log.jsonl")] == list(range(0, 7))
 
 
 def test_contrast_term_is_the_hinge_on_own_vs_other_profile():

@@ -72,6 +72,10 @@ class TrainCfg:
     # Start from this checkpoint's weights (fresh optimizer and schedule) when out_dir has no last.pt yet;
     # relative to the config file. Same hypernet shape and method required.
     init_from: str = ""
+    # Stop with an error when the validation loss exceeds this multiple of its value before training (the
+    # generator starts at delta W = 0, i.e. the base model): a peak-lr blow-up otherwise trains on for hours and
+    # yields a hypernet worse than none. 0 = off. Needs validation rows.
+    diverge_ratio: float = 1.5
 
 
 @dataclass
@@ -161,6 +165,8 @@ def load_config(path: Path) -> Config:
     if cfg.train.contrastive < 0 or cfg.train.contrastive_margin < 0:
         raise InputError(path, "must be >= 0", field="train.contrastive" if cfg.train.contrastive < 0
                          else "train.contrastive_margin")
+    if cfg.train.diverge_ratio != 0 and not cfg.train.diverge_ratio > 1:
+        raise InputError(path, "must be 0 (off) or > 1", field="train.diverge_ratio")
     if cfg.train.mixed_precision not in ("no", "bf16", "fp16"):
         raise InputError(path, "must be no, bf16 or fp16", field="train.mixed_precision")
     return cfg

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, P2PError, TrainingDiverged
 from ..fileio import atomic_path, atomic_write_text, ensure_private_dir
 from .config import Config
 from .model import HyperNet, HyperNetConfig, LoraInjector
@@ -198,7 +198,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
         raise ValueError("train.contrastive > 0 needs negatives (other train users' rows)")
     opt = torch.optim.AdamW(gen.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     out_dir = ensure_private_dir(out_dir)
-    start, last = 0, out_dir / "last.pt"
+    start, last, resumed_val_start = 0, out_dir / "last.pt", None
     if not last.is_file() and t.init_from:  # warm start: weights only
         src = cfg.resolve(t.init_from)
         ck = torch.load(src, map_location="cpu", weights_only=False)
@@ -220,6 +220,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
         opt.load_state_dict(ck["optimizer"])
         start = ck["step"]
         rng.setstate(ck["rng"])
+        resumed_val_start = ck.get("val_loss_start")   # None for checkpoints older than the guard: no check
         log(f"resumed from {last} at step {start}")
     model = model.to(acc.device)
     gen, opt = acc.prepare(gen, opt)
@@ -243,7 +244,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
         if not acc.is_main_process:
             return
         state = {"config": hcfg.to_dict(), "state_dict": acc.unwrap_model(gen).state_dict(), "optimizer": opt.state_dict(),
-                 "step": step, "rng": rng.getstate(), "method": t.method, "meta": meta}
+                 "step": step, "rng": rng.getstate(), "method": t.method, "meta": meta, "val_loss_start": val_start}
         with atomic_path(out_dir / name) as tmp:
             torch.save(state, tmp)
 
@@ -252,6 +253,24 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
     bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn(),
                    disable=not (progress and acc.is_main_process))
+    # the divergence guard's reference: the validation loss before any step (kept in checkpoints for resuming)
+    val_start = resumed_val_start
+    if start == 0 and t.diverge_ratio and val_rows:
+        val_start = val_loss()
+        log(f"step 0: val loss {val_start:.4f} (no adapter yet)")
+        if acc.is_main_process:
+            logf.write(json.dumps({"step": 0, "val_loss": val_start}) + "\n")
+
+    def check_diverged(step: int, what: str, value: float, limit: float = math.inf):
+        if math.isfinite(value) and value <= limit:
+            return
+        logf.close()
+        why = (f"{what} is {value}" if not math.isfinite(value)
+               else f"{what} {value:.4g} > {t.diverge_ratio:g} x {val_start:.4g} (its value before training)")
+        raise TrainingDiverged(
+            f"training diverged at step {step}: {why}; the checkpoints in {out_dir} may be diverged too. Lower "
+            f"train.lr (now {t.lr:g}) or raise train.warmup (now {t.warmup}), delete {last} and rerun")
+
     gen.train()
     t0, ema = time.time(), None
     with bar:
@@ -275,6 +294,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
             opt.step()
             opt.zero_grad(set_to_none=True)
             lv = float(loss.detach())
+            check_diverged(step + 1, "train loss", lv)   # nan/inf: no later step can recover, guard or not
             ema = lv if ema is None else 0.95 * ema + 0.05 * lv
             bar.update(task, advance=1, loss=ema)
             rec = {"step": step + 1, "loss": lv, "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.time() - t0, 2)}
@@ -284,6 +304,9 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
             if acc.is_main_process:
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
+            # before saving, so a diverged state never overwrites last.pt
+            if "val_loss" in rec and t.diverge_ratio and val_start is not None:
+                check_diverged(step + 1, "val loss", rec["val_loss"], t.diverge_ratio * val_start)
             if (step + 1) % t.save_every == 0 or step + 1 == t.steps:
                 save(step + 1)
     logf.close()
@@ -349,5 +372,9 @@ def run(config_path: Path, *, log=print) -> Path:
     return out_dir / "last.pt"
 
 
-if __name__ == "__main__":
-    run(Path(sys.argv[1]))
+if __name__ == "__main__":   # `accelerate launch -m p2p_edge.train.loop CONFIG` / torchrun: the CLI's one-line errors
+    try:
+        run(Path(sys.argv[1]))
+    except P2PError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
