@@ -150,9 +150,9 @@ def test_resume_continues_from_checkpoint(tmp_path):
     assert steps == list(range(0, 16))   # step 0: the divergence guard's reference, measured once
 
 
-def blow_up(monkeypatch, *, val_after: int = 10**9, train_at: int = 10**9):
-    """Wraps the SFT loss: validation losses after the first `val_after` evaluations come out 3x, and the
-    `train_at`-th training loss is nan, so the divergence guard meets a blow-up at a known step."""
+def blow_up(monkeypatch, *, val_after: int = 10**9, val_bad: int = 10**9, train_at: int = 10**9):
+    """Wraps the SFT loss: the `val_bad` validation losses after the first `val_after` evaluations come out 3x, and
+    the `train_at`-th training loss is nan, so the divergence guard meets a blow-up at a known step."""
     import p2p_edge.train.loop as loop
 
     real, calls = loop.sft_loss, {"val": 0, "train": 0}
@@ -161,7 +161,7 @@ def blow_up(monkeypatch, *, val_after: int = 10**9, train_at: int = 10**9):
         loss = real(model, injector, gen, *a, **k)
         kind = "train" if gen.training else "val"
         calls[kind] += 1
-        if kind == "val" and calls["val"] > val_after:
+        if kind == "val" and val_after < calls["val"] <= val_after + val_bad:
             return loss * 3
         return loss * float("nan") if kind == "train" and calls["train"] == train_at else loss
 
@@ -176,13 +176,37 @@ def test_a_validation_blow_up_stops_training_before_it_overwrites_the_checkpoint
     rows = two_user_rows(tok)
     emb = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
     blow_up(monkeypatch, val_after=2)   # val rows[:2] at batch 4: one call per evaluation; step 0 and step 5 are fine
-    with pytest.raises(TrainingDiverged, match=r"step 10: val loss .* > 1.5 x .*train.lr \(now 0.003\)"):
+    # every later evaluation is 3x: both rewinds (to step 5, at half the lr each) meet it again, then it stops
+    with pytest.raises(TrainingDiverged, match=r"step 10: val loss .* > 1.5 x .*2 rewinds.*train.lr \(now 0.003\)"):
         train(tiny_cfg(tmp_path, steps=30, eval_every=5, save_every=5), model, tok, rows, rows[:2], emb,
               out_dir=tmp_path, meta={}, progress=False, log=lambda *_: None)
     log = [json.loads(line) for line in open(tmp_path / "train_log.jsonl")]
     assert log[0]["step"] == 0 and log[-1]["step"] == 10 and log[-1]["val_loss"] > 1.5 * log[0]["val_loss"]
+    assert [r["rewind_to"] for r in log if "rewind_to" in r] == [5, 5]
     ck = torch.load(tmp_path / "last.pt", weights_only=False)
     assert ck["step"] == 5 and ck["val_loss_start"] == pytest.approx(log[0]["val_loss"])
+
+
+def test_a_one_off_blow_up_rewinds_to_the_last_good_state_at_half_the_lr_and_trains_on(tmp_path, monkeypatch):
+    from p2p_edge.train.loop import lr_at
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    rows = two_user_rows(tok)
+    emb = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    blow_up(monkeypatch, val_after=2, val_bad=1, train_at=14)   # step 10's first evaluation; the 14th step is nan
+    cfg = tiny_cfg(tmp_path, steps=15, eval_every=5, save_every=5)
+    train(cfg, model, tok, rows, rows[:2], emb, out_dir=tmp_path, meta={}, progress=False, log=lambda *_: None)
+    log = [json.loads(line) for line in open(tmp_path / "train_log.jsonl")]
+    rewinds = [(i, r) for i, r in enumerate(log) if "rewind_to" in r]
+    # step 10's val loss -> back to step 5 (x0.5); the nan at the 14th step drawn (step 9 again) -> back to step 5 (x0.25)
+    assert [(r["step"], r["rewind_to"], r["lr_scale"]) for _, r in rewinds] == [(10, 5, 0.5), (9, 5, 0.25)]
+    after = log[rewinds[-1][0] + 1:]
+    assert [r["step"] for r in after] == list(range(6, 16))
+    assert all(r["lr"] == pytest.approx(0.25 * lr_at(r["step"] - 1, cfg.train)) for r in after)
+    ck = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert (ck["step"], ck["lr_scale"], ck["rewinds_used"]) == (15, 0.25, 2)
+    assert torch.load(tmp_path / "good.pt", weights_only=False)["step"] == 15   # passed its evaluation
 
 
 def test_the_guard_keeps_its_reference_across_a_resume_and_can_be_turned_off(tmp_path, monkeypatch):
@@ -203,6 +227,19 @@ def test_the_guard_keeps_its_reference_across_a_resume_and_can_be_turned_off(tmp
     assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 10
 
 
+def test_rewinds_change_nothing_when_nothing_blows_up(tmp_path):
+    tok = tiny_tokenizer()
+    rows = two_user_rows(tok)
+    emb = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    weights = []
+    for rewinds in (0, 2):
+        out = tmp_path / str(rewinds)
+        train(tiny_cfg(out, steps=10, eval_every=5, save_every=5, rewinds=rewinds), tiny_llama(len(tok)), tok, rows,
+              rows[:2], emb, out_dir=out, meta={}, progress=False, log=lambda *_: None)
+        weights.append(torch.load(out / "last.pt", weights_only=False)["state_dict"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_a_nan_training_loss_stops_at_once(tmp_path, monkeypatch):
     from p2p_edge.errors import TrainingDiverged
 
@@ -212,7 +249,7 @@ def test_a_nan_training_loss_stops_at_once(tmp_path, monkeypatch):
     emb = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
     blow_up(monkeypatch, train_at=3)
     with pytest.raises(TrainingDiverged, match="step 3: train loss is nan"):
-        train(tiny_cfg(tmp_path, steps=30, eval_every=5, save_every=2, diverge_ratio=0), model, tok, rows,
+        train(tiny_cfg(tmp_path, steps=30, eval_every=5, save_every=2, diverge_ratio=0, rewinds=0), model, tok, rows,
               rows[:2], emb, out_dir=tmp_path, meta={}, progress=False, log=lambda *_: None)
     assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 2
 
@@ -237,6 +274,9 @@ def test_config_errors_name_the_key(tmp_path):
         p.write_text(f'[train]\ndiverge_ratio = {bad}\n')
         with pytest.raises(InputError, match="train.diverge_ratio"):
             load_config(p)
+    p.write_text('[train]\nrewinds = -1\n')
+    with pytest.raises(InputError, match="train.rewinds"):
+        load_config(p)
     p.write_text('split = [\n')
     with pytest.raises(InputError, match="invalid TOML"):
         load_config(p)

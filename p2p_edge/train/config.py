@@ -76,6 +76,10 @@ class TrainCfg:
     # generator starts at delta W = 0, i.e. the base model): a peak-lr blow-up otherwise trains on for hours and
     # yields a hypernet worse than none. 0 = off. Needs validation rows.
     diverge_ratio: float = 1.5
+    # On a blow-up (the check above, or a nan/inf loss): go back to the last state that passed validation (saved as
+    # good.pt), halve the learning rate for the rest of the run and go on; at most this many times, then stop with
+    # the error. The same batches replay, so a run that never blows up trains exactly as with 0 (= stop at once).
+    rewinds: int = 2
 
 
 @dataclass
@@ -167,6 +171,8 @@ def load_config(path: Path) -> Config:
                          else "train.contrastive_margin")
     if cfg.train.diverge_ratio != 0 and not cfg.train.diverge_ratio > 1:
         raise InputError(path, "must be 0 (off) or > 1", field="train.diverge_ratio")
+    if cfg.train.rewinds < 0:
+        raise InputError(path, "must be >= 0", field="train.rewinds")
     if cfg.train.mixed_precision not in ("no", "bf16", "fp16"):
         raise InputError(path, "must be no, bf16 or fp16", field="train.mixed_precision")
     return cfg

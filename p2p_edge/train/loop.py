@@ -6,6 +6,7 @@ accelerate handles device placement, DDP and mixed precision; this file holds on
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -180,6 +181,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
           out_dir: Path, meta: dict, progress: bool = True, log=print,
           negatives: dict[int, list[int]] | None = None) -> nn.Module:
     """Train the generator (hypernet or shared LoRA); checkpoints every save_every steps; resumes from last.pt.
+    A blow-up rewinds to good.pt (the last state that passed validation) at half the lr, train.rewinds times at most.
     `negatives` (user row -> other users' rows, see negative_pool) is needed when train.contrastive > 0."""
     from accelerate import Accelerator
 
@@ -199,6 +201,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
     opt = torch.optim.AdamW(gen.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     out_dir = ensure_private_dir(out_dir)
     start, last, resumed_val_start = 0, out_dir / "last.pt", None
+    good_file, good, lr_scale, rewinds_used = out_dir / "good.pt", None, 1.0, 0
     if not last.is_file() and t.init_from:  # warm start: weights only
         src = cfg.resolve(t.init_from)
         ck = torch.load(src, map_location="cpu", weights_only=False)
@@ -221,7 +224,12 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
         start = ck["step"]
         rng.setstate(ck["rng"])
         resumed_val_start = ck.get("val_loss_start")   # None for checkpoints older than the guard: no check
-        log(f"resumed from {last} at step {start}")
+        lr_scale, rewinds_used = ck.get("lr_scale", 1.0), ck.get("rewinds_used", 0)
+        if good_file.is_file():   # last.pt may be past a blow-up the next validation has yet to see
+            good = torch.load(good_file, map_location="cpu", weights_only=False)
+            good = good if good["step"] <= start else None
+        log(f"resumed from {last} at step {start}" + (f" (lr x{lr_scale:g} after {rewinds_used} rewinds)"
+                                                      if rewinds_used else ""))
     model = model.to(acc.device)
     gen, opt = acc.prepare(gen, opt)
     injector = LoraInjector(model, hcfg.modules, hcfg.alpha, hcfg.rank)
@@ -240,13 +248,23 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
         gen.train()
         return float(np.mean(losses)) if losses else float("nan")
 
-    def save(step: int, name: str = "last.pt"):
+    def state(step: int) -> dict:
+        return {"config": hcfg.to_dict(), "state_dict": acc.unwrap_model(gen).state_dict(), "optimizer": opt.state_dict(),
+                "step": step, "rng": rng.getstate(), "method": t.method, "meta": meta, "val_loss_start": val_start,
+                "lr_scale": lr_scale, "rewinds_used": rewinds_used}
+
+    def save(step: int, name: str = "last.pt", st: dict | None = None):
         if not acc.is_main_process:
             return
-        state = {"config": hcfg.to_dict(), "state_dict": acc.unwrap_model(gen).state_dict(), "optimizer": opt.state_dict(),
-                 "step": step, "rng": rng.getstate(), "method": t.method, "meta": meta, "val_loss_start": val_start}
         with atomic_path(out_dir / name) as tmp:
-            torch.save(state, tmp)
+            torch.save(st or state(step), tmp)
+
+    def keep_good(step: int, write: bool = True) -> dict:
+        """A copy of the state now (it passed validation): where a later blow-up rewinds to."""
+        st = copy.deepcopy(state(step))
+        if write:
+            save(step, good_file.name, st)
+        return st
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -261,21 +279,37 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
         if acc.is_main_process:
             logf.write(json.dumps({"step": 0, "val_loss": val_start}) + "\n")
 
-    def check_diverged(step: int, what: str, value: float, limit: float = math.inf):
+    def diverged(step: int, what: str, value: float, limit: float = math.inf) -> int | None:
+        """None when fine; else the step to go on from after rewinding to `good` at half the lr; raises when
+        no rewind is left."""
+        nonlocal lr_scale, rewinds_used, ema
         if math.isfinite(value) and value <= limit:
-            return
-        logf.close()
+            return None
         why = (f"{what} is {value}" if not math.isfinite(value)
                else f"{what} {value:.4g} > {t.diverge_ratio:g} x {val_start:.4g} (its value before training)")
-        raise TrainingDiverged(
-            f"training diverged at step {step}: {why}; the checkpoints in {out_dir} may be diverged too. Lower "
-            f"train.lr (now {t.lr:g}) or raise train.warmup (now {t.warmup}), delete {last} and rerun")
+        if rewinds_used >= t.rewinds:
+            logf.close()
+            raise TrainingDiverged(
+                f"training diverged at step {step}: {why}" + (f" ({rewinds_used} rewinds at half the lr each did "
+                f"not help)" if rewinds_used else "") + f"; the checkpoints in {out_dir} may be diverged too. Lower "
+                f"train.lr (now {t.lr:g}) or raise train.warmup (now {t.warmup}), delete last.pt and good.pt there and rerun")
+        rewinds_used, lr_scale, ema = rewinds_used + 1, lr_scale * 0.5, None
+        acc.unwrap_model(gen).load_state_dict(good["state_dict"])
+        opt.load_state_dict(copy.deepcopy(good["optimizer"]))   # the snapshot must survive for a next rewind
+        rng.setstate(good["rng"])
+        log(f"step {step}: {why}; rewinding to step {good['step']} at lr x{lr_scale:g} "
+            f"(rewind {rewinds_used} of {t.rewinds})")
+        if acc.is_main_process:
+            logf.write(json.dumps({"step": step, "rewind_to": good["step"], "lr_scale": lr_scale, "why": why}) + "\n")
+            logf.flush()
+        return good["step"]
 
+    good = good or keep_good(start, write=start == 0)   # step 0, or the resume point when there is no good.pt
     gen.train()
-    t0, ema = time.time(), None
+    t0, ema, step = time.time(), None, start
     with bar:
         task = bar.add_task(t.method, total=t.steps, completed=start, loss=float("nan"))
-        for step in range(start, t.steps):
+        while step < t.steps:
             # each process draws its own slice of one global batch of examples from many users
             global_rows = [rows[rng.randrange(len(rows))] for _ in range(t.batch_size * world)]
             batch_rows = global_rows[rank::world]
@@ -285,7 +319,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
                 pools = [negatives[r.user] for r in global_rows]
                 negs = torch.tensor([p[rng.randrange(len(p))] for p in pools][rank::world], device=acc.device)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, t)
+                g["lr"] = lr_at(step, t) * lr_scale
             with acc.autocast():
                 loss = sft_loss(model, injector, gen, emb_t, batch, t.profile_noise, t.profile_dropout,
                                 negs, t.contrastive, t.contrastive_margin)
@@ -293,8 +327,11 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
             acc.clip_grad_norm_(gen.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            lv = float(loss.detach())
-            check_diverged(step + 1, "train loss", lv)   # nan/inf: no later step can recover, guard or not
+            lv = float(acc.reduce(loss.detach(), "mean"))   # every rank sees the same value, so all rewind together
+            if (back := diverged(step + 1, "train loss", lv)) is not None:   # nan/inf: no later step can recover
+                step = back
+                bar.update(task, completed=step)
+                continue
             ema = lv if ema is None else 0.95 * ema + 0.05 * lv
             bar.update(task, advance=1, loss=ema)
             rec = {"step": step + 1, "loss": lv, "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.time() - t0, 2)}
@@ -306,9 +343,14 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
                 logf.flush()
             # before saving, so a diverged state never overwrites last.pt
             if "val_loss" in rec and t.diverge_ratio and val_start is not None:
-                check_diverged(step + 1, "val loss", rec["val_loss"], t.diverge_ratio * val_start)
+                if (back := diverged(step + 1, "val loss", rec["val_loss"], t.diverge_ratio * val_start)) is not None:
+                    step = back
+                    bar.update(task, completed=step)
+                    continue
+                good = keep_good(step + 1)
             if (step + 1) % t.save_every == 0 or step + 1 == t.steps:
                 save(step + 1)
+            step += 1
     logf.close()
     injector.remove()
     return acc.unwrap_model(gen)
