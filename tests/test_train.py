@@ -207,6 +207,40 @@ def test_a_one_off_blow_up_rewinds_to_the_last_good_state_at_half_the_lr_and_tra
     ck = torch.load(tmp_path / "last.pt", weights_only=False)
     assert (ck["step"], ck["lr_scale"], ck["rewinds_used"]) == (15, 0.25, 2)
     assert torch.load(tmp_path / "good.pt", weights_only=False)["step"] == 15   # passed its evaluation
+    # a resume keeps the lowered lr
+    longer = tiny_cfg(tmp_path, steps=20, eval_every=5, save_every=5)
+    train(longer, model, tok, rows, rows[:2], emb, out_dir=tmp_path, meta={}, progress=False, log=lambda *_: None)
+    resumed = [json.loads(line) for line in open(tmp_path / "train_log.jsonl")][len(log):]
+    assert [r["step"] for r in resumed] == list(range(16, 21))
+    assert all(r["lr"] == pytest.approx(0.25 * lr_at(r["step"] - 1, longer.train)) for r in resumed)
+
+
+def test_a_rewind_replays_the_same_batches_and_puts_last_pt_back(tmp_path, monkeypatch):
+    import p2p_edge.train.loop as loop
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    rows = [Row(r.ids, r.labels, r.user) for r in two_user_rows(tok)]   # 8 distinct objects: a batch is their ids
+    emb = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    drawn, real = [], loop.collate
+    monkeypatch.setattr(loop, "collate", lambda b, pad: (drawn.append([id(r) for r in b]) if len(b) == 4 else None)
+                        or real(b, pad))   # batch 4; the 2 val rows come as one batch of 2
+    # eval every 4 steps, save every 3: last.pt is saved at step 9, after the last good state (8), before the blow-up
+    # is seen at step 12
+    blow_up(monkeypatch, val_after=3, val_bad=1)
+    with pytest.raises(Exception, match="step 12"):   # stop on the first blow-up, but after putting last.pt back
+        train(tiny_cfg(tmp_path, steps=16, eval_every=4, save_every=3, rewinds=0), model, tok, rows, rows[:2], emb,
+              out_dir=tmp_path, meta={}, progress=False, log=lambda *_: None)
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 8
+    first = list(drawn)
+    for f in tmp_path.glob("*.pt"):
+        f.unlink()
+    drawn.clear()
+    blow_up(monkeypatch, val_after=3, val_bad=1)
+    train(tiny_cfg(tmp_path / "b", steps=16, eval_every=4, save_every=3), model, tok, rows, rows[:2], emb,
+          out_dir=tmp_path / "b", meta={}, progress=False, log=lambda *_: None)
+    assert len(first) == 12 and len(drawn) == 12 + 8   # 12 steps, back to step 8, steps 9-16
+    assert drawn[12:16] == drawn[8:12] == first[8:12]   # steps 9-12 drawn again after the rewind
 
 
 def test_the_guard_keeps_its_reference_across_a_resume_and_can_be_turned_off(tmp_path, monkeypatch):
@@ -227,19 +261,6 @@ def test_the_guard_keeps_its_reference_across_a_resume_and_can_be_turned_off(tmp
     assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 10
 
 
-def test_rewinds_change_nothing_when_nothing_blows_up(tmp_path):
-    tok = tiny_tokenizer()
-    rows = two_user_rows(tok)
-    emb = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
-    weights = []
-    for rewinds in (0, 2):
-        out = tmp_path / str(rewinds)
-        train(tiny_cfg(out, steps=10, eval_every=5, save_every=5, rewinds=rewinds), tiny_llama(len(tok)), tok, rows,
-              rows[:2], emb, out_dir=out, meta={}, progress=False, log=lambda *_: None)
-        weights.append(torch.load(out / "last.pt", weights_only=False)["state_dict"])
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-
-
 def test_a_nan_training_loss_stops_at_once(tmp_path, monkeypatch):
     from p2p_edge.errors import TrainingDiverged
 
@@ -251,7 +272,7 @@ def test_a_nan_training_loss_stops_at_once(tmp_path, monkeypatch):
     with pytest.raises(TrainingDiverged, match="step 3: train loss is nan"):
         train(tiny_cfg(tmp_path, steps=30, eval_every=5, save_every=2, diverge_ratio=0, rewinds=0), model, tok, rows,
               rows[:2], emb, out_dir=tmp_path, meta={}, progress=False, log=lambda *_: None)
-    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 0   # back to the last evaluated state
 
 
 def test_config_errors_name_the_key(tmp_path):

@@ -76,9 +76,9 @@ class TrainCfg:
     # generator starts at delta W = 0, i.e. the base model): a peak-lr blow-up otherwise trains on for hours and
     # yields a hypernet worse than none. 0 = off. Needs validation rows.
     diverge_ratio: float = 1.5
-    # On a blow-up (the check above, or a nan/inf loss): go back to the last state that passed validation (saved as
-    # good.pt), halve the learning rate for the rest of the run and go on; at most this many times, then stop with
-    # the error. The same batches replay, so a run that never blows up trains exactly as with 0 (= stop at once).
+    # On a blow-up (the check above, or a nan/inf loss): go back to the state at the last evaluation that passed
+    # (saved as good.pt), halve the learning rate for the rest of the run and draw the same batches again; at most
+    # this many times, then stop with the error (0 = stop at once), last.pt put back to that state.
     rewinds: int = 2
 
 

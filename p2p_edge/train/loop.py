@@ -246,7 +246,8 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
                 b = [x.to(acc.device) for x in collate(val_rows[i : i + t.batch_size], pad)]
                 losses.append(float(sft_loss(model, injector, gen, emb_t, b)))
         gen.train()
-        return float(np.mean(losses)) if losses else float("nan")
+        v = float(np.mean(losses)) if losses else float("nan")
+        return float(acc.reduce(torch.tensor(v, device=acc.device), "mean"))   # ranks must agree on a rewind
 
     def state(step: int) -> dict:
         return {"config": hcfg.to_dict(), "state_dict": acc.unwrap_model(gen).state_dict(), "optimizer": opt.state_dict(),
@@ -260,8 +261,10 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
             torch.save(st or state(step), tmp)
 
     def keep_good(step: int, write: bool = True) -> dict:
-        """A copy of the state now (it passed validation): where a later blow-up rewinds to."""
-        st = copy.deepcopy(state(step))
+        """A copy (in host memory) of the state now, which passed validation: where a later blow-up rewinds to."""
+        from accelerate.utils import send_to_device
+
+        st = copy.deepcopy(send_to_device(state(step), "cpu"))
         if write:
             save(step, good_file.name, st)
         return st
@@ -289,14 +292,17 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
                else f"{what} {value:.4g} > {t.diverge_ratio:g} x {val_start:.4g} (its value before training)")
         if rewinds_used >= t.rewinds:
             logf.close()
+            save(good["step"], st=good)   # last.pt may hold a state saved after the blow-up, before it was seen
             raise TrainingDiverged(
                 f"training diverged at step {step}: {why}" + (f" ({rewinds_used} rewinds at half the lr each did "
-                f"not help)" if rewinds_used else "") + f"; the checkpoints in {out_dir} may be diverged too. Lower "
-                f"train.lr (now {t.lr:g}) or raise train.warmup (now {t.warmup}), delete last.pt and good.pt there and rerun")
+                f"not help)" if rewinds_used else "") + f"; {last} is back at step {good['step']}, the last state "
+                f"that passed validation. Lower train.lr (now {t.lr:g}) or raise train.warmup (now {t.warmup}), "
+                f"delete last.pt and good.pt there and rerun")
         rewinds_used, lr_scale, ema = rewinds_used + 1, lr_scale * 0.5, None
         acc.unwrap_model(gen).load_state_dict(good["state_dict"])
         opt.load_state_dict(copy.deepcopy(good["optimizer"]))   # the snapshot must survive for a next rewind
         rng.setstate(good["rng"])
+        save(good["step"])   # a resume goes on from here, at the lowered lr
         log(f"step {step}: {why}; rewinding to step {good['step']} at lr x{lr_scale:g} "
             f"(rewind {rewinds_used} of {t.rewinds})")
         if acc.is_main_process:
@@ -347,6 +353,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
                     step = back
                     bar.update(task, completed=step)
                     continue
+            if "val_loss" in rec:   # passed the guard (or there is none: then no nan loss up to here)
                 good = keep_good(step + 1)
             if (step + 1) % t.save_every == 0 or step + 1 == t.steps:
                 save(step + 1)
