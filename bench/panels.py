@@ -3,9 +3,10 @@
 Candidates are gated on validation users and judged on test users: two disjoint panels of the same split, each
 of a dozen or so authors. This reads the answers `p2p_edge.train.report` runs saved (answers_SPLIT.json: e.g. one
 run with --part val and one with --part test, or the test reports of k folds, p2p_edge.train.folds) and sets side
-by side, per split and panel: each method's accuracy on a classification task, P2P with the user's own profile
-minus P2P with another held-out user's profile (the same donors as the report, paired 95% bootstrap CI over users),
-and all panels pooled. No model runs: seconds.
+by side, per split and panel: each method's accuracy on a classification task (or ROUGE on a generation task,
+--metric), P2P with the user's own profile minus P2P with another held-out user's profile (the same donors as the
+report), P2P minus the prior rule and minus the base model (paired 95% bootstrap CIs over users), and all panels
+pooled. No model runs: seconds.
 
 A candidate that passed a validation gate was picked for its validation panel, so its pooled gap leans upward;
 for such a candidate the pooled row is a diagnostic of how much the effect varies, not evidence for shipping.
@@ -15,6 +16,7 @@ The k folds of one recipe are k fresh panels: their pool scores the recipe on ev
         v1=runs/report_v1_val,runs/report_v1b habits_full=runs/report_habits_full_val,runs/report_habits_full_test
     python -m bench.panels --task news_category --splits random --out bench/results/folds_v1 \
         v1=runs/folds/v1_fold0/report,runs/folds/v1_fold1/report,...
+    python -m bench.panels --task news_headline --metric rouge1 --splits random --out ... v1=...   (free text)
 """
 
 from __future__ import annotations
@@ -58,14 +60,21 @@ def load_answers(report: Path, split: str, task: str) -> dict[str, dict[str, lis
     return {m: {u: [tuple(r) for r in raw[m][u]] for u in users if u in raw[m]} for m in METHODS if m in raw}
 
 
-class Accuracy:
-    """Scores a classification task's saved answers (parsed label or None vs target) without its label set,
-    which auto_top_k tasks only know after reading the training users: accuracy needs none."""
+# metric -> (the task kind it scores, the function): none needs the task's config (an auto_top_k task only knows its
+# label set after reading the training users)
+METRICS = {"accuracy": ("classification", M.accuracy), "rouge1": ("generation", M.mean_rouge1),
+           "rougeL": ("generation", M.mean_rougeL)}
 
-    kind = "classification"   # answers are parsed labels: exact match is right (evaluate.answer_changes)
+
+class Scorer:
+    """Scores one task's saved answers (parsed label or None, or free text, vs target) with one metric."""
+
+    def __init__(self, metric: str):
+        self.metric = metric
+        self.kind, self.fn = METRICS[metric]   # kind: exact match is "right" only for labels (answer_changes)
 
     def score(self, predictions, targets) -> dict[str, float]:
-        return {"accuracy": M.accuracy(list(predictions), list(targets))}
+        return {self.metric: self.fn(list(predictions), list(targets))}
 
 
 def merge(panels: list[dict], where: str) -> dict:
@@ -82,28 +91,32 @@ def merge(panels: list[dict], where: str) -> dict:
     return out
 
 
-def panel_row(answers: dict, task: str) -> dict:
-    """Accuracy pooled within users, users resampled: the same bootstrap (and seed) as the reports."""
-    tasks, metric = {task: Accuracy()}, "accuracy"
+def panel_row(answers: dict, task: str, metric: str = "accuracy") -> dict:
+    """The metric pooled within users, users resampled: the same bootstrap (and seed) as the reports."""
+    tasks = {task: Scorer(metric)}
     acc = to_json(user_metric_table(answers, tasks))
-    row = {"n_users": len(answers["p2p"]), "methods": {m: acc[m][task][metric] for m in METHODS if m in acc},
+    row = {"n_users": len(answers["p2p"]),
+           "methods": {m: acc[m][task][metric] for m in METHODS if task in acc.get(m, {})},
            "answer_changes": answer_changes(answers, "p2p", "p2p_shuffled", tasks)[task]}
-    for key, other in (("own_minus_shuffled", "p2p_shuffled"), ("p2p_minus_prior", "prior")):
-        if other in answers:   # the prior: does the hypernet beat the user's most frequent profile label?
+    pairs = (("own_minus_shuffled", "p2p_shuffled"), ("p2p_minus_prior", "prior"), ("p2p_minus_base", "base"))
+    for key, other in pairs:
+        # the prior answers label tasks only; base: does the hypernet beat the base model on every task?
+        if other in answers and any(r[0] == task for rows in answers[other].values() for r in rows):
             gap = to_json({"d": paired_diff(answers, "p2p", other, tasks)})["d"][task]
             row[key] = {"diff": gap[metric], "ci": gap[f"{metric}_ci"]}
     return row
 
 
-def analyse(candidates: list[tuple[str, list[Path]]], task: str, splits=("random", "ood")) -> dict:
-    out: dict = {"task": task, "metric": "accuracy", "candidates": {}}
+def analyse(candidates: list[tuple[str, list[Path]]], task: str, splits=("random", "ood"),
+            metric: str = "accuracy") -> dict:
+    out: dict = {"task": task, "metric": metric, "candidates": {}}
     for name, dirs in candidates:
         rows: dict = {"reports": [str(d) for d in dirs], "splits": {}}
         for split in splits:
             panels = {str(d): load_answers(d, split, task) for d in dirs}
             if len(dirs) > 1:
                 panels["pooled"] = merge(list(panels.values()), f"{' + '.join(map(str, dirs))} ({split})")
-            rows["splits"][split] = {p: panel_row(a, task) for p, a in panels.items()}
+            rows["splits"][split] = {p: panel_row(a, task, metric) for p, a in panels.items()}
         out["candidates"][name] = rows
     return out
 
@@ -123,8 +136,9 @@ def render(r: dict, cmd: str) -> str:
              "upward there. *prior* is the user's most frequent profile label. *Changed*: answers that differ "
              "between the own and the shuffled profile, and on how many of those each was right.", "",
              "| candidate | split | panel | users | base | MT-LoRA | P2P | P2P, shuffled | prior "
-             "| own minus shuffled [95% CI] | P2P minus prior [95% CI] | changed | own / shuffled right |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| own minus shuffled [95% CI] | P2P minus prior [95% CI] | P2P minus base [95% CI] | changed "
+             "| own / shuffled right |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     if r.get("note"):   # what the numbers cannot say themselves (e.g. a panel whose model is known broken)
         lines[3:3] = [r["note"], ""]
     for name, c in r["candidates"].items():
@@ -132,9 +146,9 @@ def render(r: dict, cmd: str) -> str:
             for p, row in panels.items():
                 acc = row["methods"]
                 cells = " | ".join(f"{acc[k]:.3f}" if k in acc else "–" for k in METHODS)
-                prior = _gap(row["p2p_minus_prior"]) if "p2p_minus_prior" in row else "–"
+                prior, base = (_gap(row[k]) if k in row else "–" for k in ("p2p_minus_prior", "p2p_minus_base"))
                 lines.append(f"| {name} | {split} | {p} | {row['n_users']} | {cells} "
-                             f"| {_gap(row['own_minus_shuffled'])} | {prior} "
+                             f"| {_gap(row['own_minus_shuffled'])} | {prior} | {base} "
                              f"| {' | '.join(answer_changes_cells(row['answer_changes']))} |")
     return "\n".join(lines) + "\n"
 
@@ -144,12 +158,14 @@ def main(argv=None) -> int:
     ap.add_argument("candidates", nargs="+", help=SPEC)
     ap.add_argument("--splits", nargs="+", default=["random", "ood"], choices=["random", "ood"],
                     help="k-fold reports: random only (their two split sections are the same users)")
-    ap.add_argument("--task", required=True, help="a classification task the reports scored")
+    ap.add_argument("--task", required=True, help="a task the reports scored")
+    ap.add_argument("--metric", default="accuracy", choices=sorted(METRICS),
+                    help="accuracy for a classification task, rouge1/rougeL for a generation task")
     ap.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
     ap.add_argument("--note", default="", help="a paragraph for OUT.md, above the table (also in OUT.json)")
     args = ap.parse_args(argv)
     try:
-        r = analyse([parse_candidate(s) for s in args.candidates], args.task, tuple(args.splits))
+        r = analyse([parse_candidate(s) for s in args.candidates], args.task, tuple(args.splits), args.metric)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
