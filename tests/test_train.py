@@ -79,6 +79,47 @@ def test_encode_example_masks_prompt():
     assert len(ids) <= 24 and [l for l in labels if l != -100] == tgt
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_the_loss_on_target_positions_only_equals_the_loss_over_full_logits(arch):
+    """token_losses runs the LM head on target positions only; loss and hypernet gradients must be those of the
+    whole model's logits."""
+    import transformers
+    from torch import nn
+
+    from p2p_edge.train.loop import IGNORE, token_losses
+
+    tok = tiny_tokenizer()
+    if arch == "llama":
+        model = tiny_llama(len(tok))
+    else:
+        torch.manual_seed(0)
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64)).requires_grad_(False).eval()
+    hc = HyperNetConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (32, 32), "v_proj": (32, 16)},
+                        hidden=32, dropout=0.0, a_init_scale=1.0)
+    torch.manual_seed(1)
+    gen, emb = HyperNet(hc), torch.randn(2, 8)
+    with torch.no_grad():
+        for p in gen.parameters():
+            p.add_(0.1 * torch.randn_like(p))   # B heads start at zero: make the LoRA matter
+    inj = LoraInjector(model, hc.modules, hc.alpha, hc.rank)
+    rows = two_user_rows(tok)[:3] + [Row(*encode_example(tok, "a longer prompt " * 3, "green", 32), user=1)]
+    ids, mask, labels, users = collate(rows, tok.pad_token_id)   # ragged: padding and prompts of two lengths
+
+    tok_loss, valid = token_losses(model, inj, gen, emb[users], ids, mask, labels)
+    fast = tok_loss.sum() / valid.sum()
+    fast_grads = torch.autograd.grad(fast, list(gen.parameters()))
+    with inj.use(gen(emb[users])):
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    ref = nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=IGNORE)
+    ref_grads = torch.autograd.grad(ref, list(gen.parameters()))
+    assert float(fast) == pytest.approx(float(ref), rel=1e-5)
+    assert (tok_loss[~valid] == 0).all()
+    for a, b in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_one_step_reduces_loss_on_fixed_batch():
     tok = tiny_tokenizer()
     model = tiny_llama(len(tok))
