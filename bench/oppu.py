@@ -29,7 +29,7 @@ from torch import nn
 
 from p2p_edge.adapter import LoraWeights, write_adapter
 from p2p_edge.train.config import dataset_name
-from p2p_edge.train.loop import IGNORE, Row, collate, encode_example
+from p2p_edge.train.loop import Row, collate, encode_example, target_losses
 from p2p_edge.train.model import find_decoder_layers
 
 ADAPTER_NAME = "default"
@@ -158,10 +158,10 @@ class OppuTrainer:
         return [Row(*encode_example(self.tok, p, t, self.cfg.max_len), user=0) for p, t in examples]
 
     def _loss(self, rows: list[Row]) -> torch.Tensor:
+        """Mean target-token loss, computed as the hypernet's training computes it (LM head on targets only)."""
         ids, mask, labels, _ = collate(rows, self.tok.pad_token_id)
-        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        tgt = labels[:, 1:]
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=IGNORE)
+        tok, valid = target_losses(self.model.get_base_model(), ids, mask, labels)   # peft wraps q/v in place
+        return tok.sum() / valid.sum().clamp(min=1)
 
     def eval_loss(self, examples: Sequence[tuple[str, str]]) -> float:
         """Mean SFT loss (per target token, over batches) of the current adapter on `examples`."""

@@ -131,19 +131,23 @@ def perturb_profiles(e: torch.Tensor, noise: float, dropout: float) -> torch.Ten
     return e
 
 
-def token_losses(model, injector: LoraInjector, gen: nn.Module, e: torch.Tensor, ids, mask, labels):
-    """(per-token SFT loss (n, T-1), target mask) with the LoRAs the generator makes from profile vectors e.
-    The LM head runs on the target positions only: a ~100-token prompt has a handful of target tokens, and
-    projecting every position onto the vocabulary was a third of a training step on CPU."""
-    lora = gen(e)
-    with injector.use(lora):
-        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+def target_losses(model, ids, mask, labels):
+    """(per-token SFT loss (n, T-1), target mask) of an HF causal LM (llama/qwen2: .model + .lm_head). The LM head
+    runs on the target positions only: a ~100-token prompt has a handful of target tokens, and projecting every
+    position onto the vocabulary was a third of a training step on CPU."""
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
     tgt = labels[:, 1:]
     valid = tgt != IGNORE
     logits = model.lm_head(hidden[:, :-1][valid]).float()   # (targets, vocab)
     tok = torch.zeros(valid.shape, dtype=logits.dtype, device=logits.device)
     tok[valid] = nn.functional.cross_entropy(logits, tgt[valid], reduction="none")
     return tok, valid
+
+
+def token_losses(model, injector: LoraInjector, gen: nn.Module, e: torch.Tensor, ids, mask, labels):
+    """target_losses with the LoRAs the generator makes from profile vectors e."""
+    with injector.use(gen(e)):
+        return target_losses(model, ids, mask, labels)
 
 
 def sft_loss(model, injector: LoraInjector, gen: nn.Module, emb: torch.Tensor, batch,
