@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
+from bench.output import write_result
 from p2p_edge import metrics as M
 from p2p_edge.errors import InputError
 from p2p_edge.evaluate import answer_changes, answer_changes_cells, paired_diff, to_json, user_metric_table
-from p2p_edge.fileio import atomic_write_text
 
 METHODS = ("base", "mt_lora", "p2p", "p2p_shuffled", "prior")
 
@@ -171,11 +170,7 @@ def main(argv=None) -> int:
         return 2
     if args.note:
         r["note"] = args.note
-    cmd = "python -m bench.panels " + shlex.join(argv if argv is not None else sys.argv[1:])   # rerunnable as is
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(r, indent=1) + "\n")
-    md = render(r, cmd)
-    atomic_write_text(args.out.with_suffix(".md"), md)
-    print(md)
+    print(write_result(args.out, r, render, "bench.panels", argv))
     return 0
 
 

@@ -14,8 +14,6 @@ users) are pooled. Torch on the checkpoints, fp32, no decoding: minutes on CPU.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -23,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.output import write_result
 from p2p_edge import metrics as M
 from p2p_edge.errors import InputError
-from p2p_edge.fileio import atomic_write_text
 
 VARIANTS = ("base", "own", "shuffled")
 
@@ -161,11 +159,7 @@ def main(argv=None) -> int:
         return 2
     r = {"split": args.split, "runs": [f"{c}={k}" for c, k in runs], "tasks": summarise(pooled),
          "wall_s": round(time.time() - t0)}
-    cmd = "python -m bench.target_nll " + shlex.join(argv if argv is not None else sys.argv[1:])
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(r, indent=1) + "\n")
-    md = render(r, cmd)
-    atomic_write_text(args.out.with_suffix(".md"), md)
-    print(md)
+    print(write_result(args.out, r, render, "bench.target_nll", argv))
     return 0
 
 
