@@ -31,14 +31,14 @@ VARIANTS = ("base", "own", "shuffled")
 def user_task_nll(model, injector, gen, emb: torch.Tensor, rows: list, donor_row: int, pad_id: int) -> dict:
     """One user's queries of one task (training Rows, all with the user's profile row): variant -> (summed
     target-token loss, target tokens), for no adapter, the own profile and the donor's."""
-    from p2p_edge.train.loop import collate, token_losses
+    from p2p_edge.train.loop import collate, target_losses, token_losses
 
     ids, mask, labels, users = collate(rows, pad_id)
     out = {}
     with torch.no_grad():
         for name, who in (("base", None), ("own", users), ("shuffled", torch.full_like(users, donor_row))):
-            g = (lambda e: None) if who is None else gen   # a None LoRA: the injector leaves the base model alone
-            tok, valid = token_losses(model, injector, g, emb[users if who is None else who], ids, mask, labels)
+            tok, valid = (target_losses(model, ids, mask, labels) if who is None   # no LoRA in use: the base model
+                          else token_losses(model, injector, gen, emb[who], ids, mask, labels))
             out[name] = (float(tok[valid].sum()), int(valid.sum()))
     return out
 

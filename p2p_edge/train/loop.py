@@ -317,6 +317,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
         if acc.is_main_process:
             logf.write(json.dumps({"step": step, "rewind_to": good["step"], "lr_scale": lr_scale, "why": why}) + "\n")
             logf.flush()
+        bar.update(task, completed=good["step"])
         return good["step"]
 
     good = good or keep_good(start, write=start == 0)   # step 0, or the resume point when there is no good.pt
@@ -345,7 +346,6 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
             lv = float(acc.reduce(loss.detach(), "mean"))   # every rank sees the same value, so all rewind together
             if (back := diverged(step + 1, "train loss", lv)) is not None:   # nan/inf: no later step can recover
                 step = back
-                bar.update(task, completed=step)
                 continue
             ema = lv if ema is None else 0.95 * ema + 0.05 * lv
             bar.update(task, advance=1, loss=ema)
@@ -360,7 +360,6 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
             if "val_loss" in rec and t.diverge_ratio and val_start is not None:
                 if (back := diverged(step + 1, "val loss", rec["val_loss"], t.diverge_ratio * val_start)) is not None:
                     step = back
-                    bar.update(task, completed=step)
                     continue
             if "val_loss" in rec:   # passed the guard (or there is none: then no nan loss up to here)
                 good = keep_good(step + 1)
