@@ -5,7 +5,8 @@ of a dozen or so authors. This reads the answers `p2p_edge.train.report` runs sa
 run with --part val and one with --part test, or the test reports of k folds, p2p_edge.train.folds) and sets side
 by side, per split and panel: each method's accuracy on a classification task (or ROUGE on a generation task,
 --metric), P2P with the user's own profile minus P2P with another held-out user's profile (the same donors as the
-report), P2P minus the prior rule and minus the base model (paired 95% bootstrap CIs over users), and all panels
+report), P2P minus the prior rule, the base model and the MT-LoRA control where the report scored it (paired 95%
+bootstrap CIs over users), and all panels
 pooled. No model runs: seconds.
 
 A candidate that passed a validation gate was picked for its validation panel, so its pooled gap leans upward;
@@ -97,9 +98,11 @@ def panel_row(answers: dict, task: str, metric: str = "accuracy") -> dict:
     row = {"n_users": len(answers["p2p"]),
            "methods": {m: acc[m][task][metric] for m in METHODS if task in acc.get(m, {})},
            "answer_changes": answer_changes(answers, "p2p", "p2p_shuffled", tasks)[task]}
-    pairs = (("own_minus_shuffled", "p2p_shuffled"), ("p2p_minus_prior", "prior"), ("p2p_minus_base", "base"))
+    pairs = (("own_minus_shuffled", "p2p_shuffled"), ("p2p_minus_prior", "prior"), ("p2p_minus_base", "base"),
+             ("p2p_minus_mt_lora", "mt_lora"))
     for key, other in pairs:
         # the prior answers label tasks only; base: does the hypernet beat the base model on every task?
+        # mt_lora: only reports given the control (a k-fold report gets it through report --reuse)
         if other in answers and any(r[0] == task for rows in answers[other].values() for r in rows):
             gap = to_json({"d": paired_diff(answers, "p2p", other, tasks)})["d"][task]
             row[key] = {"diff": gap[metric], "ci": gap[f"{metric}_ci"]}
@@ -135,9 +138,9 @@ def render(r: dict, cmd: str) -> str:
              "upward there. *prior* is the user's most frequent profile label. *Changed*: answers that differ "
              "between the own and the shuffled profile, and on how many of those each was right.", "",
              "| candidate | split | panel | users | base | MT-LoRA | P2P | P2P, shuffled | prior "
-             "| own minus shuffled [95% CI] | P2P minus prior [95% CI] | P2P minus base [95% CI] | changed "
-             "| own / shuffled right |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| own minus shuffled [95% CI] | P2P minus prior [95% CI] | P2P minus base [95% CI] "
+             "| P2P minus MT-LoRA [95% CI] | changed | own / shuffled right |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     if r.get("note"):   # what the numbers cannot say themselves (e.g. a panel whose model is known broken)
         lines[3:3] = [r["note"], ""]
     for name, c in r["candidates"].items():
@@ -145,9 +148,10 @@ def render(r: dict, cmd: str) -> str:
             for p, row in panels.items():
                 acc = row["methods"]
                 cells = " | ".join(f"{acc[k]:.3f}" if k in acc else "–" for k in METHODS)
-                prior, base = (_gap(row[k]) if k in row else "–" for k in ("p2p_minus_prior", "p2p_minus_base"))
+                prior, base, mt = (_gap(row[k]) if k in row else "–"
+                                   for k in ("p2p_minus_prior", "p2p_minus_base", "p2p_minus_mt_lora"))
                 lines.append(f"| {name} | {split} | {p} | {row['n_users']} | {cells} "
-                             f"| {_gap(row['own_minus_shuffled'])} | {prior} | {base} "
+                             f"| {_gap(row['own_minus_shuffled'])} | {prior} | {base} | {mt} "
                              f"| {' | '.join(answer_changes_cells(row['answer_changes']))} |")
     return "\n".join(lines) + "\n"
 

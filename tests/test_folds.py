@@ -76,3 +76,16 @@ def test_cli_names_an_unknown_dataset(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "nope" in err and "\n" not in err
     assert not (tmp_path / "f").exists()
+
+
+def test_a_controls_own_recipe_folds_to_the_same_users(tmp_path, capsys):
+    args = ["--datasets", "huffpost_news", "--fold", "2"]
+    assert main(["--config", str(ROOT / "configs" / "train_default.toml"), *args, "--out", str(tmp_path / "p")]) == 0
+    assert main(["--config", str(ROOT / "configs" / "train_mt_lora.toml"), *args, "--out", str(tmp_path / "m")]) == 0
+    assert load_splits(tmp_path / "p" / "splits.json") == load_splits(tmp_path / "m" / "splits.json")
+    cfg = load_config(tmp_path / "m" / "config.toml")
+    assert cfg.train.method == "mt_lora" and cfg.out_dir == str(tmp_path / "m" / "mt_lora")
+    assert "--reuse FOLD/report" in capsys.readouterr().out  # scored next to the fold's hypernet, not as one
+    assert main(["--config", str(ROOT / "configs" / "train_mt_lora.toml"), *args, "--mt-lora",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "already is 'mt_lora'" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -40,6 +40,8 @@ def test_panels_and_their_pool(tmp_path):
     assert 0.0 < lo < 0.5 < hi < 1.0
     assert r[str(val)]["methods"] == {"mt_lora": 0.5, "p2p": 1.0, "p2p_shuffled": 0.0, "prior": 0.0}
     assert r[str(val)]["p2p_minus_prior"] == {"diff": 1.0, "ci": [1.0, 1.0]}   # the prior never answers here
+    assert r[str(val)]["p2p_minus_mt_lora"] == {"diff": 0.5, "ci": [0.5, 0.5]}  # MT-LoRA always answers "A"
+    assert r["pooled"]["p2p_minus_mt_lora"]["diff"] == pytest.approx(0.5)
     assert r[str(val)]["answer_changes"] == {"n": 12, "changed": 12, "a_right": 12, "b_right": 0, "changed_fraction": 1.0}
     assert r[str(test)]["answer_changes"]["changed"] == 0
     assert r["pooled"]["answer_changes"]["n"] == 24 and r["pooled"]["answer_changes"]["changed"] == 12
@@ -54,6 +56,7 @@ def test_reports_without_a_prior_or_mt_lora(tmp_path):
         f.write_text(json.dumps(ans))
     row = analyse([("c", [d])], "cat")["candidates"]["c"]["splits"]["random"][str(d)]
     assert set(row["methods"]) == {"p2p", "p2p_shuffled"} and "p2p_minus_prior" not in row
+    assert "p2p_minus_mt_lora" not in row
     main([f"c={d}", "--task", "cat", "--out", str(tmp_path / "o")])
     md = (tmp_path / "o.md").read_text()
     assert "| – | – | 1.000 | 0.000 | – | +1.000" in md and "| – | 1 of 1 (100%) | 1 / 0 |" in md
@@ -130,4 +133,4 @@ def test_a_generation_task_by_rouge_with_the_base_model_beside_it(tmp_path):
     assert "a_right" not in row["answer_changes"]   # exact match says nothing about free text
     main([f"c={d}", "--task", "headline", "--metric", "rouge1", "--splits", "random", "--out", str(tmp_path / "o")])
     md = (tmp_path / "o.md").read_text()
-    assert "rouge1" in md and "| +0.222 [+0.222, +0.222] | – | +0.889 [+0.889, +0.889] | 5 of 5 (100%) | – |" in md
+    assert "rouge1" in md and "| +0.222 [+0.222, +0.222] | – | +0.889 [+0.889, +0.889] | – | 5 of 5 (100%) | – |" in md

@@ -153,3 +153,97 @@ def test_rerender_with_broken_answers_names_that_file(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "answers_random.json" in err
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics  # nothing rewritten
+
+
+# ----------------------------------------------------------------------------------------------- --reuse
+def _earlier_report(tmp_path, ckpt):
+    """An earlier report's files for 2 users scored with checkpoint `ckpt` (written after it)."""
+    prev = tmp_path / "report"
+    prev.mkdir()
+    rows = {"u1": [["cat", "A", "A"], ["gen", "t", "x"]], "u2": [["cat", "B", "C"]]}
+    ans = {m: rows for m in ("base", "p2p", "p2p_shuffled", "prior", "mt_lora")}
+    for split in ("random", "ood"):
+        (prev / f"answers_{split}.json").write_text(json.dumps(ans))
+    (prev / "metrics.json").write_text(json.dumps({"checkpoints": {"p2p": str(ckpt), "mt_lora": "old.pt"},
+                                                   "part": "test", "queries_per_user_task": 4}))
+    return prev
+
+
+def _reuse(prev, ckpt, **over):
+    kw = dict(p2p=ckpt, part="test", queries_per_user_task=4, users_of={"random": ["u1", "u2"], "ood": ["u2", "u1"]},
+              queries={"u1": [("cat", "A"), ("gen", "x")], "u2": [("cat", "C")]})
+    return report.reused_answers(prev, **(kw | over))
+
+
+def test_reuse_takes_every_answer_but_the_mt_lora_controls(tmp_path):
+    ckpt = tmp_path / "last.pt"
+    ckpt.write_bytes(b"x")
+    got = _reuse(_earlier_report(tmp_path, ckpt), ckpt)
+    assert set(got) == {"random", "ood"}
+    assert set(got["ood"]) == {"base", "p2p", "p2p_shuffled", "prior"}  # the control is rescored from --mt-lora
+    assert got["random"]["p2p"]["u1"] == [("cat", "A", "A"), ("gen", "t", "x")]
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"part": "val"}, "part"),
+    ({"queries_per_user_task": 8}, "queries_per_user_task"),
+    ({"users_of": {"random": ["u1"], "ood": ["u1", "u2"]}}, "base"),
+    ({"queries": {"u1": [("cat", "A"), ("gen", "y")], "u2": [("cat", "C")]}}, "base"),
+])
+def test_reuse_refuses_other_users_queries_or_protocol(tmp_path, change, field):
+    ckpt = tmp_path / "last.pt"
+    ckpt.write_bytes(b"x")
+    with pytest.raises(report.InputError, match=f"field '{field}'"):
+        _reuse(_earlier_report(tmp_path, ckpt), ckpt, **change)
+
+
+def test_reuse_refuses_another_or_a_retrained_checkpoint(tmp_path):
+    import os
+
+    ckpt, other = tmp_path / "last.pt", tmp_path / "other.pt"
+    ckpt.write_bytes(b"x")
+    other.write_bytes(b"y")
+    prev = _earlier_report(tmp_path, ckpt)
+    with pytest.raises(report.InputError, match="not .*other.pt"):
+        _reuse(prev, other)
+    st = (prev / "metrics.json").stat()
+    os.utime(ckpt, (st.st_atime, st.st_mtime + 10))  # retrained after the report was scored
+    with pytest.raises(report.InputError, match="rewritten after"):
+        _reuse(prev, ckpt)
+
+
+def test_reuse_of_a_missing_or_broken_report_names_the_file(tmp_path):
+    ckpt = tmp_path / "last.pt"
+    ckpt.write_bytes(b"x")
+    with pytest.raises(report.InputError, match="metrics.json"):
+        _reuse(tmp_path, ckpt)
+    prev = _earlier_report(tmp_path, ckpt)
+    (prev / "answers_ood.json").write_text("{not json")
+    with pytest.raises(report.InputError, match="answers_ood.json: invalid JSON"):
+        _reuse(prev, ckpt)
+
+
+def test_score_split_takes_known_answers_instead_of_rescoring(monkeypatch):
+    from p2p_edge import evaluate
+
+    def no_llm(*a, **k):
+        raise AssertionError("rescored a known answer")
+
+    monkeypatch.setattr(evaluate, "run_adapter_method", no_llm)
+    monkeypatch.setattr(evaluate, "prior_answers", no_llm)
+
+    class Task:
+        kind, primary_metric = "classification", "accuracy"
+
+        def score(self, preds, targs):
+            return {"accuracy": sum(p == t for p, t in zip(preds, targs)) / len(preds)}
+
+    class Corpus:
+        tasks = {"cat": Task()}
+
+    own = {"u1": [("cat", "A", "A")], "u2": [("cat", "C", "C")]}
+    other = {"u1": [("cat", "B", "A")], "u2": [("cat", "C", "C")]}
+    ans, table, diffs = evaluate.score_split(None, Corpus(), ["u1", "u2"], {"p2p": own}, None, None, {},
+                                             train_uids=[], val_uids=[], compare=("p2p_shuffled", "prior"),
+                                             known={"p2p_shuffled": other, "prior": other})
+    assert ans["p2p_shuffled"] is other and diffs["p2p-p2p_shuffled"]["cat"]["accuracy"][0] == 0.5

@@ -7,8 +7,10 @@ test user in exactly one fold) and trains on the rest, so K folds score a recipe
     python -m p2p_edge.train.folds --config configs/train_default.toml --datasets huffpost_news \
         --folds 5 --fold 0 --out runs/folds/v1_fold0
 
-writes OUT/splits.json and OUT/config.toml (the recipe unchanged except splits_file and out_dir = OUT/p2p; with
---mt-lora also OUT/config_mt_lora.toml for the same users), then prints the train and report commands. The users
+writes OUT/splits.json and OUT/config.toml (the recipe unchanged except splits_file and out_dir = OUT/<train.method>;
+with --mt-lora also OUT/config_mt_lora.toml for the same users), then prints the train and report commands. A
+control's own recipe (configs/train_mt_lora.toml) folded into another OUT gets the same users for the same
+--folds/--fold/--seed; `report --reuse` then scores it next to the fold's hypernet without rescoring the rest. The users
 are those of the recipe's splits file. Datasets not named in --datasets keep no test users (training data only).
 Both split names ("random" and "ood") get the same fold, so the recipe's split = "both" trains on the fold's
 training users and the report scores the fold's test users (its two split sections are then the same users).
@@ -125,6 +127,9 @@ def main(argv=None) -> int:
         if unknown:
             raise InputError(cfg.resolve(cfg.splits_file), f"no users of dataset {unknown[0]!r} "
                              f"(have: {', '.join(sorted(users))})", field="--datasets")
+        if a.mt_lora and cfg.train.method != "p2p":
+            raise InputError(a.config, "--mt-lora adds a control to a hypernet recipe; this one already is "
+                             f"{cfg.train.method!r}", field="train.method")
         parts = fold_splits(users, set(a.datasets), a.folds, a.fold, a.val_fraction, a.seed)
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -136,7 +141,8 @@ def main(argv=None) -> int:
             "note": "k-fold by user; 'random' and 'ood' are the same fold"}
     save_splits(out / "splits.json", {"random": parts, "ood": parts}, meta=meta)
     common = {"splits_file": str(out / "splits.json")} | ({"train.threads": a.threads} if a.threads is not None else {})
-    configs = {"config.toml": relocated_config(a.config, out_dir=str(out / "p2p"), **common)}
+    run_dir = out / cfg.train.method  # "p2p", or "mt_lora" when the recipe is itself a control's
+    configs = {"config.toml": relocated_config(a.config, out_dir=str(run_dir), **common)}
     if a.mt_lora:
         configs["config_mt_lora.toml"] = relocated_config(a.config, out_dir=str(out / "mt_lora"),
                                                           **common, **{"train.method": "mt_lora"})
@@ -147,9 +153,13 @@ def main(argv=None) -> int:
     n = {p: len(v) for p, v in parts.items()}
     print(f"fold {a.fold}/{a.folds}: {n['train']} train, {n['val']} val, {n['test']} test users -> {out}")
     mt = (f"p2p-edge train --config {out / 'config_mt_lora.toml'}\n" if a.mt_lora else "")
-    print(f"p2p-edge train --config {out / 'config.toml'}\n{mt}"
-          f"python -m p2p_edge.train.report --config {out / 'config.toml'} --p2p {out / 'p2p' / 'last.pt'} "
-          + (f"--mt-lora {out / 'mt_lora' / 'last.pt'} " if a.mt_lora else "") + f"--out {out / 'report'}")
+    print(f"p2p-edge train --config {out / 'config.toml'}\n{mt}", end="")
+    if cfg.train.method == "p2p":
+        print(f"python -m p2p_edge.train.report --config {out / 'config.toml'} --p2p {run_dir / 'last.pt'} "
+              + (f"--mt-lora {out / 'mt_lora' / 'last.pt'} " if a.mt_lora else "") + f"--out {out / 'report'}")
+    else:  # a control alone: it is scored next to the hypernet trained on the same fold
+        print(f"python -m p2p_edge.train.report --config FOLD/config.toml --p2p FOLD/p2p/last.pt "
+              f"--mt-lora {run_dir / 'last.pt'} --reuse FOLD/report --out FOLD/report_mt_lora")
     return 0
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..adapter import LoraWeights, write_adapter
+from ..errors import InputError
 from ..evaluate import (VERDICT_WORDS, answer_changes, answer_changes_cells, checks, hypernet_adapters, limit_queries,
                         run_adapter_method, score_split, to_json)
 from ..fileio import atomic_write_text, ensure_private_dir
@@ -34,6 +35,48 @@ def shared_lora_weights(ckpt_path: Path) -> LoraWeights:
     return LoraWeights(rank=cfg["rank"], alpha=cfg["alpha"],
                        a={m: sd[f"a.{m}"].float().numpy() for m in mods},
                        b={m: sd[f"b.{m}"].float().numpy() for m in mods})
+
+
+# Answers that depend only on the hypernet checkpoint, the users and their queries: an earlier report of the same
+# checkpoint already holds them (--reuse). The MT-LoRA control is always scored from its own --mt-lora checkpoint.
+REUSABLE = ("base", "p2p", "p2p_shuffled", "prior", "p2p_summary_only", "p2p_retrieval_only")
+
+
+def reused_answers(prev: Path, *, p2p: Path, part: str, queries_per_user_task: int,
+                   queries: dict[str, list[tuple[str, str]]], users_of: dict[str, list[str]]) -> dict[str, dict]:
+    """split -> method -> uid -> rows from an earlier report in `prev` that scored the same hypernet checkpoint on
+    the same users and queries, so a control added later rescores nothing else. Any mismatch is an InputError
+    naming the file. `queries`: uid -> [(task, target)] of this run; `users_of`: split -> this run's users."""
+    path = prev / "metrics.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        scored = meta["checkpoints"]["p2p"]
+        if Path(scored).resolve() != p2p.resolve():
+            raise InputError(path, f"scored the hypernet {scored}, not {p2p}", field="checkpoints.p2p")
+        if p2p.stat().st_mtime > path.stat().st_mtime:
+            raise InputError(path, f"{p2p} was rewritten after this report was scored", field="checkpoints.p2p")
+        for key, want in (("part", part), ("queries_per_user_task", queries_per_user_task)):
+            if meta.get(key, "test") != want:
+                raise InputError(path, f"is {meta.get(key, 'test')!r}, this run {want!r}", field=key)
+        out: dict[str, dict] = {}
+        for split, uids in users_of.items():
+            path = prev / f"answers_{split}.json"
+            answers = json.loads(path.read_text(encoding="utf-8"))
+            out[split] = {}
+            for m in (m for m in REUSABLE if m in answers):
+                if sorted(answers[m]) != sorted(uids):
+                    raise InputError(path, f"answered other users than this run's {len(uids)} {split} users", field=m)
+                for u in uids:
+                    if [(r[0], r[2]) for r in answers[m][u]] != queries[u]:
+                        raise InputError(path, f"user {u}'s queries differ from this run's", field=m)
+                out[split][m] = {u: [tuple(r) for r in answers[m][u]] for u in uids}
+    except OSError as e:
+        raise InputError(path, e.strerror or str(e)) from None
+    except ValueError as e:  # InputError is not a ValueError: it passes through
+        raise InputError(path, f"invalid JSON: {e}") from None
+    except (KeyError, TypeError, IndexError) as e:
+        raise InputError(path, f"not a report's output: {e!r}") from None
+    return out
 
 
 METHOD_ORDER = ("base", "prior", "mt_lora", "p2p", "p2p_shuffled", "p2p_summary_only", "p2p_retrieval_only")
@@ -172,6 +215,9 @@ def main(argv=None) -> int:
                     help="val: score validation users instead, to choose between candidate runs without test users")
     ap.add_argument("--ablations", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse", type=Path, metavar="DIR",
+                    help="an earlier report of the same --p2p checkpoint: take its answers (base, p2p, shuffled, "
+                         "prior, ablations) instead of rescoring them, e.g. to add the MT-LoRA control later")
     args = ap.parse_args(argv)
 
     t0 = time.time()
@@ -198,26 +244,41 @@ def main(argv=None) -> int:
                 else {s: corpus.splits[s]["test"] for s in ("random", "ood")})
     test_uids = sorted(set(users_of["random"]) | set(users_of["ood"]))
     limit_queries(corpus, test_uids, args.queries_per_user_task)
+    reused: dict[str, dict] = {}
+    if args.reuse:
+        try:
+            reused = reused_answers(args.reuse, p2p=args.p2p, part=args.part,
+                                    queries_per_user_task=args.queries_per_user_task, users_of=users_of,
+                                    queries={u: [(ex.task, ex.target) for ex in corpus.examples[u]] for u in test_uids})
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     log = lambda m: print(f"[{time.time() - t0:7.0f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
 
     # Answers that do not depend on the split are computed once for the union of both splits' test users.
     shared: dict[str, dict] = {}
     log(f"{len(test_uids)} {args.part} users (both splits), {sum(len(corpus.examples[u]) for u in test_uids)} queries each method")
-    shared["base"] = run_adapter_method(llm, corpus, test_uids, lambda u, t: None)
-    log("base done")
+
+    def answer_all(name: str, adapter_for) -> None:
+        if reused and all(name in r for r in reused.values()):  # split-independent: merge both splits' users
+            shared[name] = {u: rows for r in reused.values() for u, rows in r[name].items()}
+            log(f"{name} reused from {args.reuse}")
+        else:
+            shared[name] = run_adapter_method(llm, corpus, test_uids, adapter_for)
+            log(f"{name} done")
+
+    answer_all("base", lambda u, t: None)
     if mt_path:  # without a control trained on the same users (e.g. a k-fold run) its rows are left out
         shared["mt_lora"] = run_adapter_method(llm, corpus, test_uids, lambda u, t: mt_path)
         log("mt_lora done")
-    shared["p2p"] = run_adapter_method(llm, corpus, test_uids, hypernet_adapters(hyper, llm.spec, corpus.emb["full"], index))
-    log("p2p done")
+    answer_all("p2p", hypernet_adapters(hyper, llm.spec, corpus.emb["full"], index))
     if args.ablations:
         for v in ("summary_only", "retrieval_only"):
-            shared[f"p2p_{v}"] = run_adapter_method(llm, corpus, test_uids,
-                                                    hypernet_adapters(hyper, llm.spec, corpus.emb[v], index))
-            log(f"p2p_{v} done")
+            answer_all(f"p2p_{v}", hypernet_adapters(hyper, llm.spec, corpus.emb[v], index))
 
     results = {"config": str(args.config),
                "checkpoints": {"p2p": str(args.p2p), "mt_lora": str(args.mt_lora) if args.mt_lora else None},
+               "reused": str(args.reuse) if args.reuse else None,
                "queries_per_user_task": args.queries_per_user_task, "part": args.part, "splits": {}}
     scored: dict[tuple, tuple] = {}  # k-fold splits give both splits the same users: score them once
     for split in ("random", "ood"):
@@ -226,8 +287,9 @@ def main(argv=None) -> int:
         if key not in scored:
             # with --part val the prior's rule is picked on the users it is scored on
             scored[key] = score_split(llm, corpus, uids, shared, hyper, corpus.emb["full"], index,
-                                      train_uids=corpus.part("both", "train"), val_uids=val_uids, compare=COMPARE)
-            log(f"{split}: shuffled + prior done")
+                                      train_uids=corpus.part("both", "train"), val_uids=val_uids, compare=COMPARE,
+                                      known=reused.get(split))
+            log(f"{split}: shuffled + prior " + ("reused" if reused.get(split, {}).keys() >= {"p2p_shuffled", "prior"} else "done"))
         ans, table, diffs = scored[key]
         results["splits"][split] = {
             "n_test_users": len(uids),
