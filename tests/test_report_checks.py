@@ -156,71 +156,100 @@ def test_rerender_with_broken_answers_names_that_file(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------- --reuse
-def _earlier_report(tmp_path, ckpt):
-    """An earlier report's files for 2 users scored with checkpoint `ckpt` (written after it)."""
+def _earlier_report(tmp_path, ckpt, config):
+    """An earlier report's files for 2 users scored with checkpoint `ckpt` (written after it). As in real reports,
+    the prior answers label tasks only, grouped by task."""
     prev = tmp_path / "report"
     prev.mkdir()
-    rows = {"u1": [["cat", "A", "A"], ["gen", "t", "x"]], "u2": [["cat", "B", "C"]]}
-    ans = {m: rows for m in ("base", "p2p", "p2p_shuffled", "prior", "mt_lora")}
+    rows = {"u1": [["cat", "A", "A"], ["gen", "t", "x"], ["cat", "B", "B"]], "u2": [["cat", "B", "C"]]}
+    ans = {m: rows for m in ("base", "p2p", "p2p_shuffled", "mt_lora")}
+    ans["prior"] = {"u1": [["cat", "A", "A"], ["cat", "A", "B"]], "u2": [["cat", "C", "C"]]}
     for split in ("random", "ood"):
         (prev / f"answers_{split}.json").write_text(json.dumps(ans))
-    (prev / "metrics.json").write_text(json.dumps({"checkpoints": {"p2p": str(ckpt), "mt_lora": "old.pt"},
-                                                   "part": "test", "queries_per_user_task": 4}))
+    (prev / "metrics.json").write_text(json.dumps({"config": str(config), "part": "test", "queries_per_user_task": 4,
+                                                   "checkpoints": {"p2p": str(ckpt), "mt_lora": "old.pt"}}))
     return prev
 
 
-def _reuse(prev, ckpt, **over):
-    kw = dict(p2p=ckpt, part="test", queries_per_user_task=4, users_of={"random": ["u1", "u2"], "ood": ["u2", "u1"]},
-              queries={"u1": [("cat", "A"), ("gen", "x")], "u2": [("cat", "C")]})
+def _reuse(prev, ckpt, cfg, **over):
+    kw = dict(config=cfg, p2p=ckpt, part="test", queries_per_user_task=4,
+              users_of={"random": ["u1", "u2"], "ood": ["u1", "u2"]},
+              queries={"u1": [("cat", "A"), ("gen", "x"), ("cat", "B")], "u2": [("cat", "C")]})
     return report.reused_answers(prev, **(kw | over))
 
 
-def test_reuse_takes_every_answer_but_the_mt_lora_controls(tmp_path):
-    ckpt = tmp_path / "last.pt"
+@pytest.fixture
+def run_files(tmp_path):
+    ckpt, config = tmp_path / "last.pt", tmp_path / "config.toml"
     ckpt.write_bytes(b"x")
-    got = _reuse(_earlier_report(tmp_path, ckpt), ckpt)
+    config.write_text("")
+    return ckpt, config
+
+
+def test_reuse_takes_the_llm_answers_but_not_the_controls_or_the_prior(tmp_path, run_files):
+    got = _reuse(_earlier_report(tmp_path, *run_files), *run_files)
     assert set(got) == {"random", "ood"}
-    assert set(got["ood"]) == {"base", "p2p", "p2p_shuffled", "prior"}  # the control is rescored from --mt-lora
-    assert got["random"]["p2p"]["u1"] == [("cat", "A", "A"), ("gen", "t", "x")]
+    # the control is rescored from --mt-lora; the prior (no LLM) is recomputed with this run's users
+    assert set(got["ood"]) == {"base", "p2p", "p2p_shuffled"}
+    assert got["random"]["p2p"]["u1"] == [("cat", "A", "A"), ("gen", "t", "x"), ("cat", "B", "B")]
 
 
 @pytest.mark.parametrize("change,field", [
     ({"part": "val"}, "part"),
     ({"queries_per_user_task": 8}, "queries_per_user_task"),
+    ({"config": Path("/elsewhere/config.toml")}, "config"),
     ({"users_of": {"random": ["u1"], "ood": ["u1", "u2"]}}, "base"),
-    ({"queries": {"u1": [("cat", "A"), ("gen", "y")], "u2": [("cat", "C")]}}, "base"),
+    ({"users_of": {"random": ["u2", "u1"], "ood": ["u1", "u2"]}}, "base"),  # donors follow the order
+    ({"queries": {"u1": [("cat", "A"), ("gen", "y"), ("cat", "B")], "u2": [("cat", "C")]}}, "base"),
 ])
-def test_reuse_refuses_other_users_queries_or_protocol(tmp_path, change, field):
-    ckpt = tmp_path / "last.pt"
-    ckpt.write_bytes(b"x")
+def test_reuse_refuses_other_users_queries_or_protocol(tmp_path, run_files, change, field):
     with pytest.raises(report.InputError, match=f"field '{field}'"):
-        _reuse(_earlier_report(tmp_path, ckpt), ckpt, **change)
+        _reuse(_earlier_report(tmp_path, *run_files), *run_files, **change)
 
 
-def test_reuse_refuses_another_or_a_retrained_checkpoint(tmp_path):
+def test_reuse_refuses_another_or_a_retrained_checkpoint(tmp_path, run_files):
     import os
 
-    ckpt, other = tmp_path / "last.pt", tmp_path / "other.pt"
-    ckpt.write_bytes(b"x")
+    ckpt, config = run_files
+    other = tmp_path / "other.pt"
     other.write_bytes(b"y")
-    prev = _earlier_report(tmp_path, ckpt)
-    with pytest.raises(report.InputError, match="not .*other.pt"):
-        _reuse(prev, other)
-    st = (prev / "metrics.json").stat()
-    os.utime(ckpt, (st.st_atime, st.st_mtime + 10))  # retrained after the report was scored
-    with pytest.raises(report.InputError, match="rewritten after"):
-        _reuse(prev, ckpt)
+    prev = _earlier_report(tmp_path, ckpt, config)
+    with pytest.raises(report.InputError, match="this run .*other.pt"):
+        _reuse(prev, other, config)
+    st = (prev / "answers_random.json").stat()
+    os.utime(ckpt, (st.st_atime, st.st_mtime + 10))  # retrained after the answers were scored...
+    os.utime(prev / "metrics.json", (st.st_atime, st.st_mtime + 20))  # ...and the report re-rendered since
+    with pytest.raises(report.InputError, match="answers_random.json: .*rewritten after"):
+        _reuse(prev, ckpt, config)
 
 
-def test_reuse_of_a_missing_or_broken_report_names_the_file(tmp_path):
-    ckpt = tmp_path / "last.pt"
-    ckpt.write_bytes(b"x")
+def test_reuse_of_a_missing_or_broken_report_names_the_file(tmp_path, run_files):
     with pytest.raises(report.InputError, match="metrics.json"):
-        _reuse(tmp_path, ckpt)
-    prev = _earlier_report(tmp_path, ckpt)
+        _reuse(tmp_path, *run_files)
+    prev = _earlier_report(tmp_path, *run_files)
     (prev / "answers_ood.json").write_text("{not json")
     with pytest.raises(report.InputError, match="answers_ood.json: invalid JSON"):
-        _reuse(prev, ckpt)
+        _reuse(prev, *run_files)
+
+
+def _run_dir(tmp_path, split, train):
+    from p2p_edge.train.data import save_splits
+
+    run = tmp_path / "run"
+    run.mkdir()
+    users = ["a", "b", "c", "d", "e", "f"]
+    parts = {"train": train, "val": [], "test": [u for u in users if u not in train]}
+    save_splits(run / "splits.json", {"random": parts, "ood": parts})
+    (run / "config.json").write_text(json.dumps({"split": split}))
+    return run / "last.pt"
+
+
+def test_a_checkpoint_is_never_scored_on_users_its_run_trained_on(tmp_path):
+    ckpt = _run_dir(tmp_path, "both", ["a", "b", "c", "d"])
+    report.check_not_trained_on(ckpt, ["e", "f"])
+    with pytest.raises(report.InputError, match="trained on 1 of the users scored here, e.g. c"):
+        report.check_not_trained_on(ckpt, ["c", "e"])   # e.g. another fold's control
+    report.check_not_trained_on(tmp_path / "elsewhere" / "last.pt", ["c"])   # no record of its run: trusted
 
 
 def test_score_split_takes_known_answers_instead_of_rescoring(monkeypatch):

@@ -159,7 +159,7 @@ def main(argv=None) -> int:
               + (f"--mt-lora {out / 'mt_lora' / 'last.pt'} " if a.mt_lora else "") + f"--out {out / 'report'}")
     else:  # a control alone: it is scored next to the hypernet trained on the same fold
         print(f"python -m p2p_edge.train.report --config FOLD/config.toml --p2p FOLD/p2p/last.pt "
-              f"--mt-lora {run_dir / 'last.pt'} --reuse FOLD/report --out FOLD/report_mt_lora")
+              f"--mt-lora {run_dir / 'last.pt'} --reuse FOLD/report --out FOLD/report_mt")
     return 0
 
 

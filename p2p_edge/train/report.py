@@ -37,12 +37,13 @@ def shared_lora_weights(ckpt_path: Path) -> LoraWeights:
                        b={m: sd[f"b.{m}"].float().numpy() for m in mods})
 
 
-# Answers that depend only on the hypernet checkpoint, the users and their queries: an earlier report of the same
-# checkpoint already holds them (--reuse). The MT-LoRA control is always scored from its own --mt-lora checkpoint.
-REUSABLE = ("base", "p2p", "p2p_shuffled", "prior", "p2p_summary_only", "p2p_retrieval_only")
+# LLM answers that depend only on the hypernet checkpoint, the config, the users (in order: the shuffled control's
+# donors follow it) and their queries: an earlier report of the same checkpoint holds them (--reuse). The prior
+# (no LLM, seconds) is recomputed; the MT-LoRA control is always scored from its own --mt-lora checkpoint.
+REUSABLE = ("base", "p2p", "p2p_shuffled", "p2p_summary_only", "p2p_retrieval_only")
 
 
-def reused_answers(prev: Path, *, p2p: Path, part: str, queries_per_user_task: int,
+def reused_answers(prev: Path, *, config: Path, p2p: Path, part: str, queries_per_user_task: int,
                    queries: dict[str, list[tuple[str, str]]], users_of: dict[str, list[str]]) -> dict[str, dict]:
     """split -> method -> uid -> rows from an earlier report in `prev` that scored the same hypernet checkpoint on
     the same users and queries, so a control added later rescores nothing else. Any mismatch is an InputError
@@ -50,22 +51,24 @@ def reused_answers(prev: Path, *, p2p: Path, part: str, queries_per_user_task: i
     path = prev / "metrics.json"
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-        scored = meta["checkpoints"]["p2p"]
-        if Path(scored).resolve() != p2p.resolve():
-            raise InputError(path, f"scored the hypernet {scored}, not {p2p}", field="checkpoints.p2p")
-        if p2p.stat().st_mtime > path.stat().st_mtime:
-            raise InputError(path, f"{p2p} was rewritten after this report was scored", field="checkpoints.p2p")
+        for key, was, now in (("config", meta["config"], config), ("checkpoints.p2p", meta["checkpoints"]["p2p"], p2p)):
+            if Path(was).resolve() != now.resolve():
+                raise InputError(path, f"was scored with {was}, this run {now}", field=key)
         for key, want in (("part", part), ("queries_per_user_task", queries_per_user_task)):
-            if meta.get(key, "test") != want:
-                raise InputError(path, f"is {meta.get(key, 'test')!r}, this run {want!r}", field=key)
+            if meta.get(key, "test" if key == "part" else None) != want:
+                raise InputError(path, f"is {meta.get(key)!r}, this run {want!r}", field=key)
         out: dict[str, dict] = {}
         for split, uids in users_of.items():
             path = prev / f"answers_{split}.json"
+            # metrics.json is rewritten by --rerender; the answers only by scoring
+            if p2p.stat().st_mtime > path.stat().st_mtime:
+                raise InputError(path, f"{p2p} was rewritten after these answers were scored", field="checkpoints.p2p")
             answers = json.loads(path.read_text(encoding="utf-8"))
             out[split] = {}
             for m in (m for m in REUSABLE if m in answers):
-                if sorted(answers[m]) != sorted(uids):
-                    raise InputError(path, f"answered other users than this run's {len(uids)} {split} users", field=m)
+                if list(answers[m]) != list(uids):
+                    raise InputError(path, f"answered other users (or in another order) than this run's {len(uids)} "
+                                     f"{split} users", field=m)
                 for u in uids:
                     if [(r[0], r[2]) for r in answers[m][u]] != queries[u]:
                         raise InputError(path, f"user {u}'s queries differ from this run's", field=m)
@@ -77,6 +80,32 @@ def reused_answers(prev: Path, *, p2p: Path, part: str, queries_per_user_task: i
     except (KeyError, TypeError, IndexError) as e:
         raise InputError(path, f"not a report's output: {e!r}") from None
     return out
+
+
+def check_not_trained_on(ckpt: Path, scored: list[str]) -> None:
+    """A checkpoint whose run trained on any scored user (e.g. another fold's control) cannot be scored on them.
+    Reads the run's own record (splits.json and config.json beside the checkpoint); a run without one is trusted."""
+    from .data import load_splits
+
+    run = ckpt.parent
+    splits_path = run / "splits.json"
+    if not (splits_path.is_file() and (run / "config.json").is_file()):
+        return
+    try:
+        split = json.loads((run / "config.json").read_text(encoding="utf-8"))["split"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(run / "config.json", f"not a training run's config: {e!r}", field="split") from None
+    sp = load_splits(splits_path)
+    if split == "both":
+        trained = set(sp["random"]["train"]) & set(sp["ood"]["train"])
+    elif split in sp:
+        trained = set(sp[split]["train"])
+    else:
+        raise InputError(run / "config.json", f"unknown split {split!r}", field="split")
+    leaked = sorted(trained & set(scored))
+    if leaked:
+        raise InputError(splits_path, f"{ckpt} was trained on {len(leaked)} of the users scored here, e.g. "
+                         f"{leaked[0]} (another fold's run?)", field="train")
 
 
 METHOD_ORDER = ("base", "prior", "mt_lora", "p2p", "p2p_shuffled", "p2p_summary_only", "p2p_retrieval_only")
@@ -127,6 +156,9 @@ def render_markdown(results: dict) -> str:
              f"Queries: each {results.get('part', 'test')} user's {results['queries_per_user_task']} most recent "
              "reserved items per generation task and every reserved item of the other tasks; "
              "values are pooled within users; [95% CI] resamples users (1000 bootstrap draws).", ""]
+    if results.get("reused"):
+        lines += [f"Answers of the base model and of P2P (own and shuffled profiles) are those of `{results['reused']}` "
+                  "(same checkpoint, config, users and queries); this run scored the MT-LoRA control and the prior.", ""]
     lines += checks_markdown(results)
     lines += changes_markdown(results)
     for split, r in results["splits"].items():
@@ -245,14 +277,18 @@ def main(argv=None) -> int:
     test_uids = sorted(set(users_of["random"]) | set(users_of["ood"]))
     limit_queries(corpus, test_uids, args.queries_per_user_task)
     reused: dict[str, dict] = {}
-    if args.reuse:
-        try:
-            reused = reused_answers(args.reuse, p2p=args.p2p, part=args.part,
-                                    queries_per_user_task=args.queries_per_user_task, users_of=users_of,
-                                    queries={u: [(ex.task, ex.target) for ex in corpus.examples[u]] for u in test_uids})
-        except InputError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    try:
+        for ckpt in (args.p2p, args.mt_lora):
+            if ckpt:
+                check_not_trained_on(ckpt, test_uids)
+        if args.reuse:
+            reused = reused_answers(
+                args.reuse, config=args.config, p2p=args.p2p, part=args.part,
+                queries_per_user_task=args.queries_per_user_task, users_of=users_of,
+                queries={u: [(ex.task, ex.target) for ex in corpus.examples[u]] for u in test_uids})
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     log = lambda m: print(f"[{time.time() - t0:7.0f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
 
     # Answers that do not depend on the split are computed once for the union of both splits' test users.
@@ -289,7 +325,7 @@ def main(argv=None) -> int:
             scored[key] = score_split(llm, corpus, uids, shared, hyper, corpus.emb["full"], index,
                                       train_uids=corpus.part("both", "train"), val_uids=val_uids, compare=COMPARE,
                                       known=reused.get(split))
-            log(f"{split}: shuffled + prior " + ("reused" if reused.get(split, {}).keys() >= {"p2p_shuffled", "prior"} else "done"))
+            log(f"{split}: shuffled " + ("reused" if "p2p_shuffled" in reused.get(split, {}) else "done") + ", prior done")
         ans, table, diffs = scored[key]
         results["splits"][split] = {
             "n_test_users": len(uids),
