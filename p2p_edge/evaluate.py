@@ -134,13 +134,13 @@ def score_split(llm, corpus, uids: list[str], shared: dict[str, dict], hypernet,
                 known: dict[str, dict] | None = None) -> tuple[dict, dict, dict]:
     """One split's test users: the split-independent answers in `shared` (method -> uid -> rows) restricted to
     `uids`, plus what depends on who else is in the split: the shuffled-profile control (donors among `uids`) and
-    the user prior (rule picked on `val_uids`); either is taken from `known` (an earlier run's answers for this
-    split's users) when it is there. -> (answers, metric table, paired p2p-minus-`compare` diffs)."""
+    the user prior (rule picked on `val_uids`). The shuffled control is taken from `known` (an earlier run's answers
+    for this split's users) when it is there; the prior (no LLM) is always recomputed. -> (answers, metric table, paired p2p-minus-`compare` diffs)."""
     ans = {m: {u: a[u] for u in uids if u in a} for m, a in shared.items()}
     known = known or {}
     ans["p2p_shuffled"] = known.get("p2p_shuffled") or run_adapter_method(
         llm, corpus, uids, hypernet_adapters(hypernet, llm.spec, emb, index, donor=derangement(uids, seed=1)))
-    ans["prior"] = known.get("prior") or prior_answers(corpus, uids, train_uids, val_uids)
+    ans["prior"] = prior_answers(corpus, uids, train_uids, val_uids)
     table = user_metric_table(ans, corpus.tasks)
     diffs = {f"p2p-{b}": paired_diff(ans, "p2p", b, corpus.tasks) for b in compare if b in ans and b != "p2p"}
     return ans, table, diffs

@@ -259,7 +259,8 @@ def test_score_split_takes_known_answers_instead_of_rescoring(monkeypatch):
         raise AssertionError("rescored a known answer")
 
     monkeypatch.setattr(evaluate, "run_adapter_method", no_llm)
-    monkeypatch.setattr(evaluate, "prior_answers", no_llm)
+    other = {"u1": [("cat", "B", "A")], "u2": [("cat", "C", "C")]}
+    monkeypatch.setattr(evaluate, "prior_answers", lambda *a: other)   # no LLM: always recomputed
 
     class Task:
         kind, primary_metric = "classification", "accuracy"
@@ -271,8 +272,7 @@ def test_score_split_takes_known_answers_instead_of_rescoring(monkeypatch):
         tasks = {"cat": Task()}
 
     own = {"u1": [("cat", "A", "A")], "u2": [("cat", "C", "C")]}
-    other = {"u1": [("cat", "B", "A")], "u2": [("cat", "C", "C")]}
     ans, table, diffs = evaluate.score_split(None, Corpus(), ["u1", "u2"], {"p2p": own}, None, None, {},
                                              train_uids=[], val_uids=[], compare=("p2p_shuffled", "prior"),
-                                             known={"p2p_shuffled": other, "prior": other})
+                                             known={"p2p_shuffled": other})
     assert ans["p2p_shuffled"] is other and diffs["p2p-p2p_shuffled"]["cat"]["accuracy"][0] == 0.5

@@ -49,16 +49,22 @@ class Corpus:
         return {u: i for i, u in enumerate(self.uids)}
 
     def part(self, split: str, part: str) -> list[str]:
-        """Users of one part; split "both" = train users of both splits, val users of either (never a test user)."""
-        if split != "both":
-            return self.splits[split][part] + (self.extra_train if part == "train" else [])
-        r, o = self.splits["random"], self.splits["ood"]
-        test = set(r["test"]) | set(o["test"])
-        if part == "train":
-            return sorted(set(r["train"]) & set(o["train"])) + self.extra_train
-        if part == "val":
-            return sorted((set(r["val"]) | set(o["val"])) - test)
-        return sorted(test)
+        """Users of one part (see split_part); the earlier cuts of train users also train."""
+        return split_part(self.splits, split, part) + (self.extra_train if part == "train" else [])
+
+
+def split_part(splits: dict[str, dict[str, list[str]]], split: str, part: str) -> list[str]:
+    """Users of one part of a splits file's splits; split "both" = train users of both splits, val users of either
+    (never a test user). A KeyError names an unknown split or part."""
+    if split != "both":
+        return list(splits[split][part])
+    r, o = splits["random"], splits["ood"]
+    test = set(r["test"]) | set(o["test"])
+    if part == "train":
+        return sorted(set(r["train"]) & set(o["train"]))
+    if part == "val":
+        return sorted((set(r["val"]) | set(o["val"])) - test)
+    return sorted(test)
 
 
 def load_corpus(cfg: Config, encoder, *, max_users: dict | None = None, require_summaries: bool = True) -> Corpus:

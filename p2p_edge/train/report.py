@@ -86,6 +86,7 @@ def check_not_trained_on(ckpt: Path, scored: list[str]) -> None:
     """A checkpoint whose run trained on any scored user (e.g. another fold's control) cannot be scored on them.
     Reads the run's own record (splits.json and config.json beside the checkpoint); a run without one is trusted."""
     from .data import load_splits
+    from .dataset import split_part
 
     run = ckpt.parent
     splits_path = run / "splits.json"
@@ -95,13 +96,10 @@ def check_not_trained_on(ckpt: Path, scored: list[str]) -> None:
         split = json.loads((run / "config.json").read_text(encoding="utf-8"))["split"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError(run / "config.json", f"not a training run's config: {e!r}", field="split") from None
-    sp = load_splits(splits_path)
-    if split == "both":
-        trained = set(sp["random"]["train"]) & set(sp["ood"]["train"])
-    elif split in sp:
-        trained = set(sp[split]["train"])
-    else:
-        raise InputError(run / "config.json", f"unknown split {split!r}", field="split")
+    try:
+        trained = set(split_part(load_splits(splits_path), split, "train"))
+    except KeyError:
+        raise InputError(run / "config.json", f"unknown split {split!r}", field="split") from None
     leaked = sorted(trained & set(scored))
     if leaked:
         raise InputError(splits_path, f"{ckpt} was trained on {len(leaked)} of the users scored here, e.g. "
