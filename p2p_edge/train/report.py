@@ -256,18 +256,9 @@ def main(argv=None) -> int:
         return rerender(args.out, cfg)
     if not args.p2p:
         ap.error("--p2p is required (unless --rerender)")
-    out = ensure_private_dir(args.out)
     encoder = Encoder(threads=args.threads)
     corpus = load_corpus(cfg, encoder, max_users=cfg.profiles.max_users)
     index = corpus.index()
-
-    export_hypernet(args.p2p, out / "hypernet.onnx")
-    hyper = Hypernet(out / "hypernet.onnx")
-    check_card_profile(hyper.card, cfg, str(args.p2p))
-    llm = LocalLLM(n_threads=args.threads)
-    hyper.card.check_base(llm.spec)
-    mt_path = (write_adapter(out / "mt_lora.gguf", shared_lora_weights(args.mt_lora), llm.spec, dtype="f16")
-               if args.mt_lora else None)
 
     # a random-split val user may be an OOD test user: validation_users never scores it here
     users_of = (validation_users(corpus) if args.part == "val"
@@ -284,9 +275,19 @@ def main(argv=None) -> int:
                 args.reuse, config=args.config, p2p=args.p2p, part=args.part,
                 queries_per_user_task=args.queries_per_user_task, users_of=users_of,
                 queries={u: [(ex.task, ex.target) for ex in corpus.examples[u]] for u in test_uids})
-    except InputError as e:
+    except InputError as e:   # before anything is written to --out
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+    out = ensure_private_dir(args.out)
+    export_hypernet(args.p2p, out / "hypernet.onnx")
+    hyper = Hypernet(out / "hypernet.onnx")
+    check_card_profile(hyper.card, cfg, str(args.p2p))
+    llm = LocalLLM(n_threads=args.threads)
+    hyper.card.check_base(llm.spec)
+    mt_path = (write_adapter(out / "mt_lora.gguf", shared_lora_weights(args.mt_lora), llm.spec, dtype="f16")
+               if args.mt_lora else None)
+
     log = lambda m: print(f"[{time.time() - t0:7.0f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
 
     # Answers that do not depend on the split are computed once for the union of both splits' test users.
