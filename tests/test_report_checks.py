@@ -276,3 +276,9 @@ def test_score_split_takes_known_answers_instead_of_rescoring(monkeypatch):
                                              train_uids=[], val_uids=[], compare=("p2p_shuffled", "prior"),
                                              known={"p2p_shuffled": other})
     assert ans["p2p_shuffled"] is other and diffs["p2p-p2p_shuffled"]["cat"]["accuracy"][0] == 0.5
+
+
+def test_report_heading_names_the_scored_checkpoint_not_the_shipped_one():
+    md = report.render_markdown({"checkpoints": {"p2p": "runs/folds/f0/p2p/last.pt"}, "queries_per_user_task": 4,
+                                 "splits": {}})
+    assert md.splitlines()[0] == "# Hypernet `runs/folds/f0/p2p/last.pt` on held-out users"

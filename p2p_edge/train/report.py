@@ -150,7 +150,9 @@ def changes_markdown(results: dict) -> list[str]:
 
 def render_markdown(results: dict) -> str:
     """Tables per split: every method on every task's metrics, then paired P2P differences."""
-    lines = ["# Shipped hypernet: held-out users", "",
+    # a fold's or a candidate's report is not the shipped hypernet's: the heading names what was scored
+    ckpt = results.get("checkpoints", {}).get("p2p")
+    lines = [f"# Hypernet `{ckpt}` on held-out users" if ckpt else "# Hypernet on held-out users", "",
              f"Queries: each {results.get('part', 'test')} user's {results['queries_per_user_task']} most recent "
              "reserved items per generation task and every reserved item of the other tasks; "
              "values are pooled within users; [95% CI] resamples users (1000 bootstrap draws).", ""]
