@@ -20,7 +20,8 @@ from pathlib import Path
 from bench.output import write_result
 from p2p_edge import metrics as M
 from p2p_edge.errors import InputError
-from p2p_edge.tasks import load_config as load_tasks
+from p2p_edge.tasks import has_value, load_config as load_tasks
+from p2p_edge.train.config import dataset_name
 from p2p_edge.train.data import read_users
 
 
@@ -33,17 +34,20 @@ def copied_share(answer: str | None, article: str) -> float | None:
     return sum(w in art for w in words) / len(words)
 
 
-def article_index(dataset: Path, input_field: str, target_field: str) -> dict[str, str]:
-    """target text -> input text over every item of the dataset (a target seen twice keeps its first article)."""
-    out: dict[str, str] = {}
+def article_index(dataset: Path, task) -> dict[tuple[str, str], str]:
+    """(uid, target as the task scores it) -> the item's input text, uid = "DATASET/user_id" as in the reports'
+    answers. Keyed by author because a recurring column's title repeats with other articles; a title an author
+    repeats keeps the latest article (queries are an author's latest items)."""
+    ds, field = dataset_name(dataset), task.input_fields[0]
+    out: dict[tuple[str, str], str] = {}
     for user in read_users(dataset):
-        for it in user["history"]:
-            if it.get(target_field) and it.get(input_field):
-                out.setdefault(it[target_field], it[input_field])
+        for it in user["history"]:   # read_users checks the history is in time order
+            if has_value(it, task.target_field) and has_value(it, field):
+                out[(f"{ds}/{user['user_id']}", task.target(it))] = str(it[field])
     return out
 
 
-def summarize(answers: dict, task, articles: dict[str, str]) -> dict:
+def summarize(answers: dict, task, articles: dict[tuple[str, str], str]) -> dict:
     """method -> numbers for one report's answers of `task` (a Task). ROUGE-1 and its paired CI against the base
     model are the reports' own (evaluate.paired_diff: queries pooled within users, users resampled)."""
     from p2p_edge.evaluate import paired_diff
@@ -53,20 +57,33 @@ def summarize(answers: dict, task, articles: dict[str, str]) -> dict:
     tasks = {task.name: task}
     base = {u: [r for r in rs if r[0] == task.name] for u, rs in answers["base"].items()}
     users = [u for u in base if base[u]]
+    if not users:
+        raise ValueError(f"no {task.name} answers in base")
+    missing = [(u, t) for u in users for _, _, t in base[u] if (u, t) not in articles]
+    if missing:
+        raise ValueError(f"{len(missing)} targets are not in the task's dataset (first: {missing[0]})")
+
+    def shares(rows):
+        return [s for s in rows if s is not None]
+
     out = {"users": len(users), "queries": sum(len(base[u]) for u in users),
-           "target_copied": statistics.mean(s for s in (copied_share(t, articles.get(t, "")) for u in users
-                                                        for _, _, t in base[u]) if s is not None),
+           "target_copied": statistics.mean(shares(copied_share(t, articles[u, t]) for u in users
+                                                   for _, _, t in base[u])),
            "methods": {}}
     for m in answers:
-        flat = [r for u in users for r in answers[m].get(u, []) if r[0] == task.name]
-        if not flat:
+        rows = {u: [r for r in answers[m].get(u, []) if r[0] == task.name] for u in users}
+        if not any(rows.values()):
             continue  # e.g. the prior: it answers label tasks only
+        lacking = [u for u in users if len(rows[u]) != len(base[u])]
+        if lacking:  # its ROUGE would be over other queries than its paired difference
+            raise ValueError(f"method {m!r} did not answer every query of {len(lacking)} users (first: {lacking[0]})")
+        flat = [(u, a, t) for u in users for _, a, t in rows[u]]
         d = paired_diff(answers, m, "base", tasks)[task.name]["rouge1"]
-        shares = [s for s in (copied_share(a, articles.get(t, "")) for _, a, t in flat) if s is not None]
+        copied = shares(copied_share(a, articles[u, t]) for u, a, t in flat)
         out["methods"][m] = {"rouge1": task.score([a for _, a, _ in flat], [t for _, _, t in flat])["rouge1"],
                              "minus_base": [float(x) for x in d],
                              "median_words": statistics.median(len(M.tokenize(a)) for _, a, _ in flat),
-                             "copied": statistics.mean(shares) if shares else None}
+                             "copied": statistics.mean(copied) if copied else None}
     return out
 
 
@@ -81,7 +98,8 @@ def render(result: dict, cmd: str) -> str:
         for m, s in r["methods"].items():
             d, lo, hi = s["minus_base"]
             diff = "–" if m == "base" else f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-            lines.append(f"| {m} | {s['rouge1']:.3f} | {diff} | {s['median_words']:g} | {s['copied']:.2f} |")
+            copied = "–" if s["copied"] is None else f"{s['copied']:.2f}"   # every answer empty
+            lines.append(f"| {m} | {s['rouge1']:.3f} | {diff} | {s['median_words']:g} | {copied} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -98,7 +116,7 @@ def main(argv=None) -> int:
         task = load_tasks(a.tasks_config).tasks.get(a.task)
         if task is None or task.kind != "generation":
             raise InputError(a.tasks_config, f"{a.task!r} is not a generation task there", field="--task")
-        articles = article_index(Path(task.dataset), task.input_fields[0], task.target_field)
+        articles = article_index(Path(task.dataset), task)
         result = {"task": a.task, "split": a.split, "reports": {}}
         for spec in a.reports:
             name, sep, d = spec.partition("=")

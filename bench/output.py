@@ -15,7 +15,7 @@ def write_result(out: Path, result: dict, render: Callable[[dict, str], str], mo
     """Writes OUT.json and OUT.md (render(result, command)); the command is shell-quoted so it reruns as is.
     Returns the markdown."""
     cmd = f"python -m {module} " + shlex.join(argv if argv is not None else sys.argv[1:])
+    md = render(result, cmd)   # first: a render error must not leave a new .json beside a stale .md
     atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
-    md = render(result, cmd)
     atomic_write_text(out.with_suffix(".md"), md)
     return md
