@@ -127,7 +127,7 @@ def main(argv=None) -> int:
                 answers = json.loads(path.read_text(encoding="utf-8"))
                 result["reports"][name] = {"dir": d} | summarize(answers, task, articles)
             except (OSError, ValueError, KeyError, TypeError) as e:
-                raise InputError(path, f"not a report's answers: {e}") from e
+                raise InputError(path, f"cannot summarise these answers: {e}") from e
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
