@@ -78,6 +78,8 @@ def write_card(out: Path, model: HyperNet, meta: dict, dtype: str) -> dict:
         "profile": meta.get("profile", {}),
         "training": meta.get("training", {}),
         "metrics": meta.get("metrics", {}),
+        "chat_scale": float(meta.get("chat_scale", 1.0)),   # the LoRA strength chat uses by default
+        "limits": str(meta.get("limits", "")),              # what it does not do, in words
         "onnx": {"opset": OPSET, "dtype": dtype, "file": out.name},
         "onnx_sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
     }
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fp16", action="store_true", help="store weights as float16 (inputs/outputs stay float32)")
     ap.add_argument("--metrics", type=Path, help="JSON file of evaluation results to put in the card")
     ap.add_argument("--id", help="hypernet id recorded in the card and in every adapter it makes")
+    ap.add_argument("--chat-scale", type=float, help="the LoRA strength chat uses by default (card field chat_scale)")
+    ap.add_argument("--limits", help="what the hypernet does not do, in words (card field limits)")
     args = ap.parse_args(argv)
     # check both inputs before anything is written
     if not args.checkpoint.is_file():
@@ -113,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.id:
         extra["id"] = args.id
+    if args.chat_scale is not None:
+        if not 0 < args.chat_scale <= 4:
+            print(f"error: --chat-scale must be in (0, 4], got {args.chat_scale}", file=sys.stderr)
+            return 2
+        extra["chat_scale"] = args.chat_scale
+    if args.limits:
+        extra["limits"] = args.limits
     export(args.checkpoint, args.out, fp16=args.fp16, extra_meta=extra)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) and {card_path_for(args.out).name}")
     return 0

@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 
-HELP = "commands: /adapter on|off  /reset  /help  /quit   (Ctrl-C stops a reply, Ctrl-D quits)"
+HELP = ("commands: /adapter on|off  /scale X  /compare PROMPT  /reset  /help  /quit   "
+        "(Ctrl-C stops a reply, Ctrl-D quits)")
+MAX_SCALE = 4.0
 CONTEXT_CHARS = 5000  # keep the conversation inside the model's context (2048 tokens)
 
 
@@ -18,9 +20,29 @@ def _trim(messages: list[dict]) -> list[dict]:
     return system + turns
 
 
+def adapter_scale(adapter: Path) -> float:
+    """The LoRA strength an adapter's hypernet card recommends for chat (written into the adapter; 1.0 if none)."""
+    from .adapter import read_adapter
+
+    _, meta = read_adapter(adapter)
+    try:
+        return float(meta.get("chat_scale", 1.0))
+    except ValueError:
+        return 1.0
+
+
+def parse_scale(text: str) -> float | None:
+    try:
+        x = float(text)
+    except ValueError:
+        return None
+    return x if 0.0 <= x <= MAX_SCALE else None
+
+
 def run_repl(*, adapter: Path | None, history: Path | None, base_model: Path | None, hypernet: Path | None,
              max_tokens: int, temperature: float, system: str | None, threads: int | None,
-             summary: str | None = None, no_summary: bool = False, stdin=None, stdout=None) -> None:
+             summary: str | None = None, no_summary: bool = False, scale: float | None = None,
+             stdin=None, stdout=None) -> None:
     from .paths import PROMPTS_DIR
     from .runtime import LocalLLM
 
@@ -40,8 +62,10 @@ def run_repl(*, adapter: Path | None, history: Path | None, base_model: Path | N
         adapter = res.adapter
         say(f"personalized from {res.history.n_items} items -> {adapter}")
     loaded = llm.load_adapter(adapter) if adapter is not None else None
-    llm.use(loaded)
-    state = "on" if loaded else "off (base model)"
+    if scale is None:
+        scale = adapter_scale(adapter) if adapter is not None else 1.0
+    llm.use(loaded, scale)
+    state = f"on (scale {scale:g})" if loaded else "off (base model)"
     say(f"p2p-edge chat · {llm.spec.name} · adapter {state}\n{HELP}")
 
     system_prompt = system or (PROMPTS_DIR / "system.txt").read_text(encoding="utf-8").strip()
@@ -81,8 +105,28 @@ def run_repl(*, adapter: Path | None, history: Path | None, base_model: Path | N
                 elif arg == "on" and loaded is None:
                     say("(no adapter loaded: start with --adapter or --history)")
                 else:
-                    llm.use(loaded if arg == "on" else None)
+                    llm.use(loaded if arg == "on" else None, scale)
                     say(f"(adapter {arg})")
+            elif cmd == "/scale":
+                x = parse_scale(arg.strip())
+                if x is None:
+                    say(f"usage: /scale X   (LoRA strength, 0 to {MAX_SCALE:g}; now {scale:g})")
+                elif loaded is None:
+                    say("(no adapter loaded: start with --adapter or --history)")
+                else:
+                    scale = x
+                    if llm.active is not None:
+                        llm.use(loaded, scale)
+                    say(f"(adapter scale {scale:g})")
+            elif cmd == "/compare":
+                if not arg.strip():
+                    say("usage: /compare PROMPT   (the base model's and your adapter's greedy replies, one after the "
+                        "other; the conversation is not changed)")
+                elif loaded is None:
+                    say("(no adapter loaded: start with --adapter or --history)")
+                else:
+                    compare(llm, loaded, scale, _trim(messages + [{"role": "user", "content": arg.strip()}]),
+                            max_tokens, say)
             else:
                 say(f"unknown command {cmd}; {HELP}")
             continue
@@ -100,3 +144,20 @@ def run_repl(*, adapter: Path | None, history: Path | None, base_model: Path | N
         messages.append({"role": "assistant", "content": "".join(reply)})
 
 
+
+
+def compare(llm, loaded, scale: float, messages: list[dict], max_tokens: int, say) -> None:
+    """The same prompt, greedy, with no adapter and with the personal adapter; the active adapter is kept."""
+    active = llm.active
+    try:
+        for label, ad in (("base", None), (f"personal (scale {scale:g})", loaded)):
+            llm.use(ad, scale)
+            say(f"--- {label} ---")
+            try:
+                for piece in llm.chat_stream(messages, max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=0):
+                    say(piece, end="")
+            except KeyboardInterrupt:
+                say(" [stopped]", end="")
+            say()
+    finally:
+        llm.use(active, scale)

@@ -149,10 +149,12 @@ def chat(
     no_summary: bool = typer.Option(False, "--no-summary", help="With --history: no LLM summary."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1),
     temperature: float = typer.Option(0.7, "--temperature", min=0.0),
+    scale: Optional[float] = typer.Option(None, "--scale", min=0.0, max=4.0,
+                                          help="LoRA strength [default: the hypernet card's chat_scale, else 1]."),
     system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
 ):
-    """Local chat REPL: /reset, /quit, /adapter on|off. Ctrl-C stops a reply; Ctrl-D quits."""
+    """Local chat REPL: /adapter on|off, /scale X, /compare PROMPT, /reset, /quit. Ctrl-C stops a reply; Ctrl-D quits."""
     from .chat import run_repl
 
     from .personalize import read_summary_arg
@@ -166,7 +168,7 @@ def chat(
     given = read_summary_arg(summary) if summary is not None else None
     run_repl(adapter=adapter, history=history, base_model=base_model, hypernet=hypernet,
              max_tokens=max_tokens, temperature=temperature, system=system, threads=threads,
-             summary=given, no_summary=no_summary)
+             summary=given, no_summary=no_summary, scale=scale)
 
 
 @app.command()

@@ -76,6 +76,16 @@ class HypernetCard:
     def habits_weight(self) -> float:
         return float(self.profile.get("habits_weight", 0.0))   # 0: the profile text's embedding alone (v1)
 
+    @property
+    def chat_scale(self) -> float:
+        """The LoRA strength chat uses by default (cards before it existed: 1.0, the strength it was trained at)."""
+        return float(self.raw.get("chat_scale", 1.0))
+
+    @property
+    def limits(self) -> str:
+        """What the hypernet does not do, in words (empty on cards before the field existed)."""
+        return str(self.raw.get("limits", ""))
+
     def check_base(self, base: BaseSpec) -> None:
         """Refuse a hypernet that was not trained for this base model (one clear line)."""
         want = self.raw["base_model"]

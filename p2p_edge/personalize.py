@@ -164,6 +164,7 @@ class Client:
             remove_temps(out_dir, (adapter_path.name, profile_path.name))  # left by a killed run
             write_adapter(adapter_path, lora, self.base, dtype=dtype, metadata={
                 "hypernet": self.hypernet.card.id, "history_sha256": history.sha256, "profile_format": PROFILE_FORMAT,
+                "chat_scale": f"{self.hypernet.card.chat_scale:g}",
             })
             t5 = time.perf_counter()
             T["write"] = (t5 - t4) * 1e3

@@ -46,6 +46,8 @@ METRICS_BY_KIND = {
 }
 ROLES = ("test", "dev", "extra")
 LABELS_PLACEHOLDER = "labels"  # {labels} in a prompt lists the label space, comma-separated
+OPENING_PLACEHOLDER = "opening"  # {opening}: the target text's first sentences (opening_sentences > 0)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 
 
 def default_config_path() -> Path:
@@ -120,6 +122,9 @@ class Task:
     scale: tuple[int, int] = (1, 5)  # rating: inclusive integer range
     max_input_chars: int | None = None  # per input field, applied in render()
     global_item_ids: bool = False  # same `id` in two users' histories = the same item (co-authored articles)
+    # generation, continuation-style (long-form writing): the first N sentences of the target field are given in the
+    # prompt as {opening}, and the target is the rest of the text (an item qualifies only when a rest exists)
+    opening_sentences: int = 0
     protocol: Protocol = field(default_factory=Protocol)
     source: str = ""  # the config file it came from (for error messages)
 
@@ -171,10 +176,19 @@ class Task:
 
     # ------------------------------------------------------------------------------------- items
 
+    def split_opening(self, text: str) -> tuple[str, str]:
+        """(the first ``opening_sentences`` sentences, the rest) of a text, whitespace collapsed."""
+        parts = _SENTENCE_END.split(" ".join(str(text).split()))
+        n = self.opening_sentences
+        return " ".join(parts[:n]), " ".join(parts[n:])
+
     def qualifies(self, item: dict) -> bool:
         """Whether ``item`` can be a query for this task (all ``requires`` fields present and, for
-        classification without an other_label, a label in the label set)."""
+        classification without an other_label, a label in the label set; with opening_sentences, a text that goes
+        on after its opening)."""
         if not all(has_value(item, f) for f in self.requires):
+            return False
+        if self.opening_sentences and not self.split_opening(item[self.target_field])[1]:
             return False
         if self.kind == "classification" and not self.other_label:
             return self._match_label(str(item[self.target_field])) is not None
@@ -205,6 +219,10 @@ class Task:
             values[f] = self._truncate(str(item[f]).strip())
         if self.kind == "classification" and LABELS_PLACEHOLDER not in values:
             values[LABELS_PLACEHOLDER] = ", ".join(self.label_space)
+        if self.opening_sentences:
+            if not has_value(item, self.target_field):
+                raise ValueError(f"task {self.name}: item {item.get('id')!r} has no '{self.target_field}'")
+            values[OPENING_PLACEHOLDER] = self._truncate(self.split_opening(item[self.target_field])[0])
         return self.prompt.format_map(values)
 
     def _match_label(self, value: str) -> str | None:
@@ -241,6 +259,8 @@ class Task:
                     raise ValueError(f"task {self.name}: label {v!r} is not in the label set")
                 lab = self.other_label
             return lab
+        if self.opening_sentences:
+            return self.split_opening(v)[1]
         return str(v).strip()
 
     # ------------------------------------------------------------------------------------- answers
@@ -507,7 +527,10 @@ def _load_task(path: Path, name: str, t: _Table, protocol: Protocol) -> Task:
     ds = Path(_expand(raw_ds, path, t.key("dataset"))).expanduser()
     if not ds.is_absolute():
         ds = (path.parent / ds).resolve()
-    input_fields = t.str_list("input_fields")
+    opening = t.get("opening_sentences", int, 0, _nonneg)
+    if opening and kind != "generation":
+        raise t.err("opening_sentences", f"only applies to generation tasks, not {kind}")
+    input_fields = t.str_list("input_fields", (), allow_empty=True) if opening else t.str_list("input_fields")
     target_field = t.get("target_field", str, check=lambda v: None if v.strip() else "must not be empty")
     if target_field in input_fields:
         raise t.err("target_field", f"'{target_field}' is also an input field (the target would be in the prompt)")
@@ -519,14 +542,17 @@ def _load_task(path: Path, name: str, t: _Table, protocol: Protocol) -> Task:
         raise t.err("prompt", f"bad template: {e}") from None
     if kind == "classification" and LABELS_PLACEHOLDER in input_fields:
         raise t.err("input_fields", f"'{LABELS_PLACEHOLDER}' is reserved for the label list in classification prompts")
-    allowed = set(input_fields) | ({LABELS_PLACEHOLDER} if kind == "classification" else set())
+    if opening and OPENING_PLACEHOLDER in input_fields:
+        raise t.err("input_fields", f"'{OPENING_PLACEHOLDER}' is reserved for the target's opening sentences")
+    allowed = (set(input_fields) | ({LABELS_PLACEHOLDER} if kind == "classification" else set())
+               | ({OPENING_PLACEHOLDER} if opening else set()))
     for fname, spec, conv in placeholders:
         if not fname or spec or conv or not re.fullmatch(r"\w+", fname):
             raise t.err("prompt", f"placeholders must be plain {{field}} names, got {{{fname}...}} "
                                   "(write {{ and }} for literal braces)")
         if fname not in allowed:
             raise t.err("prompt", f"placeholder {{{fname}}} is not in input_fields")
-    missing = [f for f in input_fields if f not in {p[0] for p in placeholders}]
+    missing = [f for f in (*input_fields, *([OPENING_PLACEHOLDER] if opening else [])) if f not in {p[0] for p in placeholders}]
     if missing:
         raise t.err("prompt", f"input field '{missing[0]}' has no {{{missing[0]}}} placeholder")
 
@@ -580,7 +606,8 @@ def _load_task(path: Path, name: str, t: _Table, protocol: Protocol) -> Task:
     return Task(
         name=name, dataset=ds, kind=kind, input_fields=input_fields, target_field=target_field, prompt=prompt,
         metrics=metrics, requires=requires, labels=labels, auto_top_k=auto, other_label=other, scale=scale,
-        max_input_chars=max_chars, global_item_ids=global_ids, protocol=task_protocol, source=str(path),
+        max_input_chars=max_chars, global_item_ids=global_ids, opening_sentences=opening, protocol=task_protocol,
+        source=str(path),
     )
 
 

@@ -112,6 +112,7 @@ def check_outputs(out: Path, doc: dict, base_spec, encoder_dir: Path, history: P
 
     lora, meta = read_adapter(adapter, base_spec)  # a valid adapter for this base, naming its origin
     assert meta["hypernet"] == "random-test-fixture" and meta["history_sha256"] == sha256(history)
+    assert meta["chat_scale"] == "1"   # the card has no chat_scale: chat uses the strength it was trained at
     return prof
 
 
@@ -533,6 +534,42 @@ def test_chat_history_with_given_summary(shared_llm, hyp, tmp_path):
 
     prof = json.loads((user_dir("history") / "profile.json").read_text())
     assert prof["summary_source"] == "given" and prof["summary"] == "Bakes sourdough."
+
+
+def compare_blocks(out: str) -> list[tuple[str, str]]:
+    """(label, reply) of each block /compare printed."""
+    parts = out.split("--- ")[1:]
+    return [(p.split(" ---")[0], p.split(" ---\n", 1)[1].split("you> ")[0].strip()) for p in parts]
+
+
+@pytest.mark.slow
+def test_chat_compare_shows_base_and_personal_and_scale_sets_the_strength(shared_llm, adapter_file):
+    stdin = ("/compare Name a colour.\n/scale 9\n/scale x\n/scale 1.5\n/compare Name a colour.\n/compare\n"
+             "/adapter off\n/compare Name a colour.\n")
+    r = CliRunner().invoke(app, ["chat", "--adapter", str(adapter_file), "--max-tokens", "6", "--scale", "0"],
+                           input=stdin)
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    assert "adapter on (scale 0)" in out.splitlines()[0]
+    blocks = compare_blocks(out)
+    assert [b[0] for b in blocks] == ["base", "personal (scale 0)", "base", "personal (scale 1.5)",
+                                      "base", "personal (scale 1.5)"]
+    assert blocks[0][1] and blocks[0][1] == blocks[1][1]   # scale 0 is the base model
+    assert blocks[0][1] == blocks[2][1] == blocks[4][1]    # greedy, and a compare leaves no state behind
+    assert out.count("usage: /scale X") == 2 and "(adapter scale 1.5)" in out and "usage: /compare PROMPT" in out
+    assert out.count("bot> ") == 0   # /compare is a side query: the conversation got no turn
+
+
+def test_chat_scale_default_comes_from_the_adapter_and_is_checked(tmp_path, adapter_file, base_spec):
+    from p2p_edge.adapter import read_adapter, write_adapter
+    from p2p_edge.chat import adapter_scale
+
+    assert adapter_scale(adapter_file) == 1.0   # written without a chat_scale
+    lora, _ = read_adapter(adapter_file)
+    p = write_adapter(tmp_path / "a.gguf", lora, base_spec, metadata={"chat_scale": "0.75"})
+    assert adapter_scale(p) == 0.75
+    r = invoke("chat", "--adapter", p, "--scale", "7")
+    assert r.exit_code != 0 and "--scale" in r.stderr
 
 
 def test_chat_with_a_corrupt_adapter_is_one_line(shared_llm, tmp_path, adapter_file):

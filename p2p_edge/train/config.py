@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -80,6 +81,16 @@ class TrainCfg:
     # (saved as good.pt), halve the learning rate for the rest of the run and draw the same batches again; at most
     # this many times, then stop with the error (0 = stop at once), last.pt put back to that state.
     rewinds: int = 2
+    # Long-form targets: cut at this many tokens (0 = max_len // 3, the short-answer recipes); the end of the turn is
+    # then trained only when the whole target fit, so a cut text does not teach stopping mid-text.
+    max_target_tokens: int = 0
+    # Assistant preservation: the base model's own greedy replies to open prompts (a JSONL written by
+    # `python -m p2p_edge.train.preserve`; relative to the config file). preserve_fraction of each batch's rows are
+    # such replies, each under a random training user's profile, and their token-mean loss is added times
+    # preserve_weight: self-distillation that keeps every adapter close to the base model outside the tasks.
+    preserve_replies: str = ""
+    preserve_fraction: float = 0.0
+    preserve_weight: float = 1.0
 
 
 @dataclass
@@ -148,16 +159,64 @@ def _fill(cls, data: dict, path: Path, prefix: str):
     return cls(**kw)
 
 
-def load_config(path: Path) -> Config:
-    path = Path(path)
+# keys whose values are paths relative to the file that sets them
+PATH_KEYS = ("tasks_config", "out_dir", "splits_file", "base.path", "profiles.summaries_dir", "train.init_from",
+             "train.preserve_replies")
+
+
+def _read_toml(path: Path) -> dict:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(path, "config file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(path, f"cannot read config ({e})") from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(path, f"invalid TOML: {e}") from None
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, tables merged key by key (so an overlay holds only what it changes)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _rebase_paths(data: dict, src: Path, dst: Path) -> dict:
+    """Path values of a file in `src`'s directory, rewritten relative to `dst`'s directory."""
+    if src.parent.resolve() == dst.parent.resolve():
+        return data
+    data = _merge(data, {})
+    for key in PATH_KEYS:
+        *table, name = key.split(".")
+        holder = data.get(table[0], {}) if table else data
+        v = holder.get(name) if isinstance(holder, dict) else None
+        if isinstance(v, str) and v and not Path(v).expanduser().is_absolute():
+            holder[name] = os.path.relpath((src.parent / v).resolve(), dst.parent.resolve())
+    return data
+
+
+def _load_data(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The TOML data of `path` with its `extends = "BASE.toml"` chain merged in (relative to this file)."""
+    if path.resolve() in seen:
+        raise InputError(path, "extends itself (a cycle)", field="extends")
+    data = _read_toml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent:
+        raise InputError(path, "must be a path to another training config", field="extends")
+    base_path = (path.parent / parent).expanduser()
+    if not base_path.is_file():
+        raise InputError(path, f"{base_path}: no such config", field="extends")
+    base = _rebase_paths(_load_data(base_path, (*seen, path.resolve())), base_path, path)
+    return _merge(base, data)
+
+
+def load_config(path: Path) -> Config:
+    path = Path(path)
+    data = _load_data(path)
     cfg = _fill(Config, data, path, "")
     cfg.source = str(path.resolve())
     if cfg.train.method not in ("p2p", "mt_lora"):
@@ -171,6 +230,13 @@ def load_config(path: Path) -> Config:
                          else "train.contrastive_margin")
     if cfg.train.diverge_ratio != 0 and not cfg.train.diverge_ratio > 1:
         raise InputError(path, "must be 0 (off) or > 1", field="train.diverge_ratio")
+    if not 0 <= cfg.train.preserve_fraction < 1:
+        raise InputError(path, "must be in [0, 1)", field="train.preserve_fraction")
+    if cfg.train.preserve_fraction > 0 and not cfg.train.preserve_replies:
+        raise InputError(path, "preserve_fraction > 0 needs train.preserve_replies", field="train.preserve_replies")
+    if cfg.train.preserve_weight < 0 or cfg.train.max_target_tokens < 0:
+        raise InputError(path, "must be >= 0", field="train.preserve_weight" if cfg.train.preserve_weight < 0
+                         else "train.max_target_tokens")
     if cfg.train.rewinds < 0:
         raise InputError(path, "must be >= 0", field="train.rewinds")
     if cfg.train.mixed_precision not in ("no", "bf16", "fp16"):

@@ -98,7 +98,9 @@ def load_corpus(cfg: Config, encoder, *, max_users: dict | None = None, require_
                               habits_weight=cfg.profiles.habits_weight)
         ids = [u["user_id"] for u in users]
         # splits per dataset; OOD clusters on the full-profile embeddings
-        if fixed:
+        # a splits file fixes the users of the datasets it knows; a dataset it has never seen (added to the
+        # recipe later) gets its seeded splits computed here, and the run's own splits.json records them
+        if fixed and any(u.startswith(ds + "/") for part in fixed["random"].values() for u in part):
             rnd, ood = ({p: [u.split("/", 1)[1] for u in fixed[n][p] if u.startswith(ds + "/")] for p in SPLIT_PARTS}
                         for n in ("random", "ood"))
         else:

@@ -60,15 +60,24 @@ def module_shapes(model) -> dict[str, tuple[int, int]]:
 
 
 # --------------------------------------------------------------------------------------------- tokenizing
-def encode_example(tok, prompt: str, target: str, max_len: int) -> tuple[list[int], list[int]]:
+def encode_example(tok, prompt: str, target: str, max_len: int, max_target_tokens: int = 0,
+                   system: str | None = None, finished: bool = True) -> tuple[list[int], list[int]]:
     """Chat-formatted prompt + target + end-of-turn; loss only on the target tokens.
-    Over-long prompts are cut in the middle of the user text so the instruction at the end survives."""
-    def ids_for(p):
-        return tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
+    Over-long prompts are cut in the middle of the user text so the instruction at the end survives.
+    max_target_tokens = 0: the target is cut at max_len // 3 tokens and always ends the turn (the short-answer
+    recipes). > 0: cut there, and the end-of-turn token is trained only when the whole target fit (and `finished`):
+    a long text cut for CPU must not teach the model to stop mid-text."""
+    head = [{"role": "system", "content": system}] if system else []
 
-    tgt = tok(target, add_special_tokens=False)["input_ids"][: max_len // 3]
+    def ids_for(p):
+        return tok.apply_chat_template(head + [{"role": "user", "content": p}], add_generation_prompt=True,
+                                       tokenize=True)
+
+    full = tok(target, add_special_tokens=False)["input_ids"]
+    tgt = full[: max_target_tokens or max_len // 3]
     end = tok.convert_tokens_to_ids("<|im_end|>")
-    tgt = tgt + ([end] if isinstance(end, int) and end >= 0 else [tok.eos_token_id])
+    if not max_target_tokens or (len(tgt) == len(full) and finished):
+        tgt = tgt + ([end] if isinstance(end, int) and end >= 0 else [tok.eos_token_id])
     p_ids = ids_for(prompt)
     budget = max_len - len(tgt)
     while len(p_ids) > budget and len(prompt) > 40:
@@ -86,7 +95,7 @@ def encode_example(tok, prompt: str, target: str, max_len: int) -> tuple[list[in
 class Row:
     ids: list[int]
     labels: list[int]
-    user: int   # row index into the profile-embedding matrix
+    user: int   # row index into the profile-embedding matrix (preservation rows: drawn per batch)
 
 
 def collate(rows: list[Row], pad_id: int):
@@ -152,12 +161,21 @@ def token_losses(model, injector: LoraInjector, gen: nn.Module, e: torch.Tensor,
 
 def sft_loss(model, injector: LoraInjector, gen: nn.Module, emb: torch.Tensor, batch,
              noise: float = 0.0, dropout: float = 0.0, negatives: torch.Tensor | None = None,
-             contrastive: float = 0.0, margin: float = 0.0) -> torch.Tensor:
+             contrastive: float = 0.0, margin: float = 0.0, keep: torch.Tensor | None = None,
+             keep_weight: float = 0.0) -> torch.Tensor:
     """Mean target-token loss of the batch; with `negatives` (one other user per row) and contrastive > 0, plus
-    the profile-contrast hinge (see TrainCfg.contrastive)."""
+    the profile-contrast hinge (see TrainCfg.contrastive). `keep` (bool per row) marks assistant-preservation rows
+    (the base model's own replies to open prompts): their token mean is a separate term, times keep_weight, so a
+    batch's long replies do not drown its short task answers (see TrainCfg.preserve_weight)."""
     ids, mask, labels, users = batch
     tok, valid = token_losses(model, injector, gen, perturb_profiles(emb[users], noise, dropout), ids, mask, labels)
-    loss = tok.sum() / valid.sum().clamp(min=1)
+    if keep is not None and bool(keep.any()):
+        task_v, keep_v = valid & ~keep[:, None], valid & keep[:, None]
+        loss = ((tok * task_v).sum() / task_v.sum().clamp(min=1)
+                + keep_weight * (tok * keep_v).sum() / keep_v.sum().clamp(min=1))
+        valid = task_v   # the contrast below is about the user's own task rows
+    else:
+        loss = tok.sum() / valid.sum().clamp(min=1)
     if negatives is None or contrastive <= 0:
         return loss
     neg, _ = token_losses(model, injector, gen, emb[negatives], ids, mask, labels)
@@ -188,10 +206,13 @@ def lr_at(step: int, cfg) -> float:
 # -------------------------------------------------------------------------------------------------- train
 def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np.ndarray, *,
           out_dir: Path, meta: dict, progress: bool = True, log=print,
-          negatives: dict[int, list[int]] | None = None) -> nn.Module:
+          negatives: dict[int, list[int]] | None = None, keep_rows: list[Row] | None = None) -> nn.Module:
     """Train the generator (hypernet or shared LoRA); checkpoints every save_every steps; resumes from last.pt.
     A blow-up rewinds to good.pt (the last state that passed validation) at half the lr, train.rewinds times at most.
-    `negatives` (user row -> other users' rows, see negative_pool) is needed when train.contrastive > 0."""
+    `negatives` (user row -> other users' rows, see negative_pool) is needed when train.contrastive > 0.
+    `keep_rows` (assistant preservation, see TrainCfg.preserve_fraction): each batch replaces that share of its rows
+    by these, each paired with a random training user's profile, so every user's adapter keeps the base model's
+    replies to open prompts."""
     from accelerate import Accelerator
 
     t = cfg.train
@@ -320,6 +341,10 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
         bar.update(task, completed=good["step"])
         return good["step"]
 
+    n_keep = round(t.batch_size * t.preserve_fraction) if keep_rows else 0
+    if t.preserve_fraction > 0 and not keep_rows:
+        raise ValueError("train.preserve_fraction > 0 needs keep_rows (the base model's replies to open prompts)")
+    train_users = sorted({r.user for r in rows})
     good = good or keep_good(start, write=start == 0)   # step 0, or the resume point when there is no good.pt
     gen.train()
     t0, ema, step = time.time(), None, start
@@ -328,6 +353,14 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
         while step < t.steps:
             # each process draws its own slice of one global batch of examples from many users
             global_rows = [rows[rng.randrange(len(rows))] for _ in range(t.batch_size * world)]
+            keep = None
+            if n_keep:
+                for i in range(0, len(global_rows), t.batch_size):   # the same share in each process's slice
+                    for j in range(i, i + n_keep):
+                        r = keep_rows[rng.randrange(len(keep_rows))]
+                        global_rows[j] = Row(r.ids, r.labels, train_users[rng.randrange(len(train_users))])
+                flags = [j % t.batch_size < n_keep for j in range(len(global_rows))]
+                keep = torch.tensor(flags[rank::world], device=acc.device)
             batch_rows = global_rows[rank::world]
             batch = [x.to(acc.device) for x in collate(batch_rows, pad)]
             negs = None
@@ -338,7 +371,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
                 g["lr"] = lr_at(step, t) * lr_scale
             with acc.autocast():
                 loss = sft_loss(model, injector, gen, emb_t, batch, t.profile_noise, t.profile_dropout,
-                                negs, t.contrastive, t.contrastive_margin)
+                                negs, t.contrastive, t.contrastive_margin, keep, t.preserve_weight)
             acc.backward(loss)
             acc.clip_grad_norm_(gen.parameters(), 1.0)
             opt.step()
@@ -380,16 +413,31 @@ def held_out_items(corpus, train_uids: list[str]) -> set[tuple[str, str]]:
 
 
 def build_rows(corpus, uids: list[str], tok, max_len: int, index: dict[str, int], per_user: int = 0,
-               exclude: set[tuple[str, str]] = frozenset()) -> list[Row]:
+               exclude: set[tuple[str, str]] = frozenset(), max_target_tokens: int = 0) -> list[Row]:
     rows = []
     for u in uids:
         exs = [ex for ex in corpus.examples[u] if (ex.task, str(ex.item.get("id"))) not in exclude]
         if per_user:
             exs = exs[-per_user:]
         for ex in exs:
-            ids, labels = encode_example(tok, ex.prompt, ex.target, max_len)
+            ids, labels = encode_example(tok, ex.prompt, ex.target, max_len, max_target_tokens)
             rows.append(Row(ids, labels, index[u]))
     return rows
+
+
+def preserve_rows(cfg: Config, tok) -> list[Row]:
+    """Assistant-preservation rows from train.preserve_replies (python -m p2p_edge.train.preserve): the base model's
+    own replies to open prompts, as chat turns under the same system prompt the chat uses. user = -1 (drawn per batch)."""
+    from .preserve import load_replies
+
+    if not cfg.train.preserve_replies:
+        return []
+    out = []
+    for r in load_replies(cfg.resolve(cfg.train.preserve_replies)):
+        ids, labels = encode_example(tok, r["prompt"], r["reply"], cfg.train.max_len, cfg.train.max_target_tokens,
+                                     system=r["system"], finished=r["finished"])
+        out.append(Row(ids, labels, -1))
+    return out
 
 
 def run(config_path: Path, *, log=print) -> Path:
@@ -410,11 +458,14 @@ def run(config_path: Path, *, log=print) -> Path:
     model, tok, base_meta = load_base(cfg)
     train_uids, val_uids = corpus.part(cfg.split, "train"), corpus.part(cfg.split, "val")
     rows = build_rows(corpus, train_uids, tok, cfg.train.max_len, index, cfg.train.max_examples_per_user,
-                      exclude=held_out_items(corpus, train_uids))
-    val_rows = build_rows(corpus, val_uids, tok, cfg.train.max_len, index)
+                      exclude=held_out_items(corpus, train_uids), max_target_tokens=cfg.train.max_target_tokens)
+    val_rows = build_rows(corpus, val_uids, tok, cfg.train.max_len, index,
+                          max_target_tokens=cfg.train.max_target_tokens)
+    keep_rows = preserve_rows(cfg, tok)
     random.Random(0).shuffle(val_rows)
     val_rows = val_rows[: cfg.train.val_examples]
-    log(f"{len(train_uids)} train users, {len(rows)} examples; {len(val_uids)} val users ({len(val_rows)} val examples)")
+    log(f"{len(train_uids)} train users, {len(rows)} examples; {len(val_uids)} val users ({len(val_rows)} val examples)"
+        + (f"; {len(keep_rows)} preservation replies" if keep_rows else ""))
     meta = {
         "base_model": base_meta,
         "encoder": {"name": encoder.name, "dim": encoder.dim},
@@ -425,7 +476,7 @@ def run(config_path: Path, *, log=print) -> Path:
     }
     emb = corpus.emb[cfg.profiles.variant]
     train(cfg, model, tok, rows, val_rows, emb, out_dir=out_dir, meta=meta, log=log,
-          negatives=negative_pool(train_uids, index))
+          negatives=negative_pool(train_uids, index), keep_rows=keep_rows)
     return out_dir / "last.pt"
 
 

@@ -1,0 +1,313 @@
+"""Does a personal adapter keep the model a good assistant, and does it carry the user's voice?
+
+Two readings per hypernet (each an exported ONNX + card, e.g. the shipped one and a candidate), on HELD-OUT users
+(test users of both splits of the training config; no hypernet saw them):
+
+1. Assistant preservation, through the product path (llama.cpp + GGUF adapters): greedy replies (the chat's system
+   prompt, 96 tokens) to open prompts that no training run reads (configs/prompts/open_eval.txt), with no adapter and
+   with several held-out users' adapters and the null profile's. Mean reply length adapter / base, the share of
+   replies under 5 words, and the base model's own greedy replies' loss per token under the adapter minus under the
+   base model (torch, the same LoRA weights).
+2. Personal writing (torch, no decoding): each held-out user's loss per token on their own unseen long texts (the
+   writing tasks' reserved queries) with no adapter, their own adapter, the null profile's adapter (a fixed neutral
+   profile: "no history") and another held-out user's adapter (same dataset; evaluate.derangement, seed 1). Users
+   weigh equally; paired 95% bootstrap CIs over users.
+
+    python -m bench.chat --config configs/train_chat.toml --hypernet v1=p2p_edge/assets/hypernet.onnx \
+        --hypernet chat=runs/chat/hypernet.onnx --out bench/results/chat
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.output import write_result
+from p2p_edge import metrics as M
+from p2p_edge.errors import InputError, P2PError
+
+REPLY_TOKENS = 96
+SHORT_WORDS = 5
+WRITING_VARIANTS = ("base", "own", "null", "other")
+
+
+# ------------------------------------------------------------------------------------------------ users
+def pick_users(uids: list[str], n: int) -> list[str]:
+    """n users spread over datasets (round robin, each dataset's users in sha1 order): deterministic, and no
+    dataset's users crowd out the others."""
+    by_ds: dict[str, list[str]] = {}
+    for u in sorted(uids, key=lambda u: hashlib.sha1(u.encode()).hexdigest()):
+        by_ds.setdefault(u.split("/", 1)[0], []).append(u)
+    out, lists = [], [by_ds[k] for k in sorted(by_ds)]
+    while len(out) < n and any(lists):
+        for lst in lists:
+            if lst and len(out) < n:
+                out.append(lst.pop(0))
+    return out
+
+
+def null_embedding(encoder) -> np.ndarray:
+    """The neutral profile: the client's profile text for a user with no history (no summary, items or habits)."""
+    from p2p_edge.profile import profile_text
+
+    return encoder.encode([profile_text(None, [], None)])[0]
+
+
+# ------------------------------------------------------------------------------------------------ replies
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def reply_stats(replies: list[str]) -> dict:
+    n = np.array([words(r) for r in replies], float)
+    return {"mean_words": round(float(n.mean()), 2), "short_share": round(float((n < SHORT_WORDS).mean()), 4)}
+
+
+def generate_replies(llm, adapter_path: Path | None, prompts: list[str], system: str) -> list[str]:
+    from p2p_edge.train.preserve import base_reply
+
+    ad = llm.load_adapter(adapter_path) if adapter_path is not None else None
+    llm.use(ad)
+    try:
+        return [base_reply(llm, p, system, REPLY_TOKENS)[0] for p in prompts]
+    finally:
+        if ad is not None:
+            llm.free(ad)
+
+
+# ------------------------------------------------------------------------------------------------ torch NLL
+def lora_tensors(lora) -> dict:
+    """LoraWeights (numpy, from the ONNX hypernet) -> the injector's {"m.lora_a": (1, L, r, in), ...}."""
+    import torch
+
+    out = {}
+    for m in lora.a:
+        out[f"{m}.lora_a"] = torch.from_numpy(lora.a[m])[None]
+        out[f"{m}.lora_b"] = torch.from_numpy(lora.b[m])[None]
+    return out
+
+
+def rows_nll(model, injector, lora: dict | None, rows: list, pad_id: int) -> list[float]:
+    """Loss per target token of each row (a list of (ids, labels)), with `lora` in use (None = the base model)."""
+    import torch
+
+    from p2p_edge.train.loop import Row, collate, target_losses
+
+    out = []
+    with torch.no_grad(), injector.use(lora):
+        for i in range(0, len(rows), 4):
+            ids, mask, labels, _ = collate([Row(a, b, 0) for a, b in rows[i:i + 4]], pad_id)
+            tok, valid = target_losses(model, ids, mask, labels)
+            out += (tok.sum(1) / valid.sum(1).clamp(min=1)).tolist()
+    return out
+
+
+def diff_ci(a, b) -> dict:
+    d, lo, hi = M.paired_bootstrap_ci(np.asarray(a, float), np.asarray(b, float))
+    return {"diff": round(float(d), 4), "ci": [round(float(lo), 4), round(float(hi), 4)]}
+
+
+# ------------------------------------------------------------------------------------------------ run
+def run(args, log) -> dict:
+    import torch
+
+    from p2p_edge.adapter import write_adapter
+    from p2p_edge.encoder import Encoder
+    from p2p_edge.evaluate import derangement
+    from p2p_edge.hypernet import Hypernet
+    from p2p_edge.runtime import LocalLLM
+    from p2p_edge.train.config import check_card_profile, load_config
+    from p2p_edge.train.dataset import load_corpus
+    from p2p_edge.train.loop import encode_example, load_base
+    from p2p_edge.train.model import LoraInjector
+    from p2p_edge.train.preserve import read_prompts, system_prompt
+
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    prompts = read_prompts(args.prompts)
+    system = system_prompt()
+    hypernets = {}
+    for spec in args.hypernet:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not Path(path).is_file():
+            raise InputError(spec, "expected NAME=PATH to an exported hypernet .onnx", field="hypernet")
+        hypernets[name] = Hypernet(Path(path), threads=args.threads)
+        check_card_profile(hypernets[name].card, cfg, path)
+    encoder = Encoder(threads=args.threads)
+    corpus = load_corpus(cfg, encoder, max_users=cfg.profiles.max_users)
+    index, emb = corpus.index(), corpus.emb["full"]
+    if args.part == "val":   # to choose between candidates without touching test users
+        from p2p_edge.train.select import validation_users
+
+        parts = validation_users(corpus)
+    else:
+        parts = {s: corpus.splits[s]["test"] for s in ("random", "ood")}
+    test = sorted(set(parts["random"]) | set(parts["ood"]))
+    null = null_embedding(encoder)
+    llm = LocalLLM(n_threads=args.threads)
+    for h in hypernets.values():
+        h.card.check_base(llm.spec)
+    result = {"config": str(args.config), "part": args.part, "hypernets": {k: str(v.path) for k, v in hypernets.items()},
+              "prompts": str(args.prompts), "n_prompts": len(prompts), "reply_tokens": REPLY_TOKENS}
+
+    # 1. replies through llama.cpp
+    chat_users = pick_users(test, args.chat_users)
+    result["chat_users"] = chat_users
+    import tempfile
+
+    replies: dict[str, dict[str, list[str]]] = {"base": {"-": generate_replies(llm, None, prompts, system)}}
+    log(f"base replies: {reply_stats(replies['base']['-'])}")
+    with tempfile.TemporaryDirectory(prefix="p2p-bench-chat-") as tmp:
+        for name, h in hypernets.items():
+            replies[name] = {}
+            for who, vec in [(u, emb[index[u]]) for u in chat_users] + [("null", null)]:
+                path = write_adapter(Path(tmp) / "a.gguf", h.generate(vec), llm.spec, dtype="f16")
+                replies[name][who] = generate_replies(llm, path, prompts, system)
+            log(f"{name} replies: " + ", ".join(f"{w.split('/')[-1][:10]} {reply_stats(r)['mean_words']}"
+                                                 for w, r in replies[name].items()))
+    del llm
+
+    # 2. losses through torch (the same LoRA weights, dequantized base)
+    model, tok, _ = load_base(cfg)
+    base_rows = [encode_example(tok, p, r, 10**6, 10**6, system=system, finished=False)
+                 for p, r in zip(prompts, replies["base"]["-"])]
+    injector = LoraInjector(model, next(iter(hypernets.values())).card.modules,
+                            next(iter(hypernets.values())).card.alpha, next(iter(hypernets.values())).card.rank)
+    base_nll = rows_nll(model, injector, None, base_rows, tok.pad_token_id)
+    base_stats = reply_stats(replies["base"]["-"])
+    result["base"] = {**base_stats, "base_reply_nll": round(float(np.mean(base_nll)), 4),
+                      "replies": replies["base"]["-"][: args.keep_replies]}
+    result["preservation"] = {}
+    for name, h in hypernets.items():
+        per_who = {}
+        for who, reps in replies[name].items():
+            vec = null if who == "null" else emb[index[who]]
+            nll = rows_nll(model, injector, lora_tensors(h.generate(vec)), base_rows, tok.pad_token_id)
+            per_who[who] = {**reply_stats(reps), "base_reply_nll_delta": round(float(np.mean(nll) - np.mean(base_nll)), 4),
+                            "replies": reps[: args.keep_replies]}
+        users = [w for w in per_who if w != "null"]
+        all_reps = [r for w in users for r in replies[name][w]]
+        st = reply_stats(all_reps)
+        result["preservation"][name] = {
+            "length_ratio": round(st["mean_words"] / max(base_stats["mean_words"], 1e-9), 3),
+            "short_share": st["short_share"],
+            "base_reply_nll_delta": round(float(np.mean([per_who[w]["base_reply_nll_delta"] for w in users])), 4),
+            "null_length_ratio": round(per_who["null"]["mean_words"] / max(base_stats["mean_words"], 1e-9), 3),
+            "per_adapter": per_who,
+        }
+    log("preservation scored")
+
+    # 3. personal writing: own / null / another held-out user's adapter on the user's unseen texts
+    # default: the tasks whose target is the user's own text (the `text` field), i.e. the long-form writing tasks
+    writing = args.writing_tasks or [n for n, t in corpus.tasks.items() if t.kind == "generation"
+                                     and t.target_field == "text"]
+    donor = derangement(test, seed=1)
+    result["writing"] = {}
+    for name, h in hypernets.items():
+        null_lora = lora_tensors(h.generate(null))
+        per_task: dict[str, dict[str, dict[str, float]]] = {}
+        for u in test:
+            by_task: dict[str, list] = {}
+            for ex in corpus.examples[u]:
+                if ex.task in writing:
+                    by_task.setdefault(ex.task, []).append(
+                        encode_example(tok, ex.prompt, ex.target, 10**6, args.target_tokens))
+            if not by_task:
+                continue
+            loras = {"base": None, "own": lora_tensors(h.generate(emb[index[u]])), "null": null_lora,
+                     "other": lora_tensors(h.generate(emb[index[donor[u]]]))}
+            for task, rows in by_task.items():
+                per_task.setdefault(task, {})[u] = {k: float(np.mean(rows_nll(model, injector, lo, rows, tok.pad_token_id)))
+                                                    for k, lo in loras.items()}
+        result["writing"][name] = {}
+        for task, users in sorted(per_task.items()):
+            v = {k: np.array([users[u][k] for u in sorted(users)]) for k in WRITING_VARIANTS}
+            row = {"n_users": len(users), **{k: round(float(v[k].mean()), 4) for k in WRITING_VARIANTS}}
+            for a, b in (("own", "base"), ("own", "other"), ("own", "null"), ("null", "base")):
+                row[f"{a}_minus_{b}"] = diff_ci(v[a], v[b])
+            result["writing"][name][task] = row
+        log(f"{name}: writing scored")
+    injector.remove()
+    return result
+
+
+def _ci(d: dict) -> str:
+    return f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+
+
+def render(r: dict, cmd: str) -> str:
+    b = r["base"]
+    lines = [f"<!-- generated by: {cmd} -->", "# Chat and personal writing: what an adapter does outside the tasks", "",
+             f"Held-out users only ({r['part']} users of both splits of `{r['config']}`). Hypernets: "
+             + ", ".join(f"**{k}** (`{v}`)" for k, v in r["hypernets"].items()) + ".", "",
+             "## Assistant preservation", "",
+             f"Greedy replies ({r['reply_tokens']} tokens, the chat's system prompt, repeat penalty 1.1) to "
+             f"{r['n_prompts']} open prompts no training run reads (`{r['prompts']}`), through llama.cpp with GGUF "
+             f"adapters of {len(r['chat_users'])} held-out users ({', '.join(u.split('/')[0] for u in r['chat_users'])}). "
+             f"Base model: {b['mean_words']:.1f} words per reply, {100 * b['short_share']:.1f}% under "
+             f"{SHORT_WORDS} words, loss of its own replies {b['base_reply_nll']:.3f} nats/token.", "",
+             "| hypernet | length ratio (adapter / base) | replies under 5 words | base-reply loss, adapter minus base "
+             "(nats/token) | null profile's length ratio |", "|---|---:|---:|---:|---:|"]
+    for name, p in r["preservation"].items():
+        lines.append(f"| {name} | {p['length_ratio']:.2f} | {100 * p['short_share']:.1f}% "
+                     f"| {p['base_reply_nll_delta']:+.3f} | {p['null_length_ratio']:.2f} |")
+    lines += ["", "Bar (issue): length ratio >= 0.8, short replies at most the base model's share + 3 points, "
+              "base-reply loss within +0.10 nats/token.", "", "## Personal writing", "",
+              "Loss per token (nats, lower = likelier) of each held-out user's own unseen texts (the writing tasks' "
+              "reserved queries, first tokens as scored), users weigh equally; paired 95% bootstrap CIs over users. "
+              "*null*: the hypernet fed a neutral profile (no history); *other*: another held-out user's profile "
+              "(same dataset).", "",
+              "| hypernet | task | users | base | own | null | other | own - base | own - other | own - null |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, tasks in r["writing"].items():
+        for task, row in tasks.items():
+            lines.append(f"| {name} | {task} | {row['n_users']} | {row['base']:.3f} | {row['own']:.3f} "
+                         f"| {row['null']:.3f} | {row['other']:.3f} | {_ci(row['own_minus_base'])} "
+                         f"| {_ci(row['own_minus_other'])} | {_ci(row['own_minus_null'])} |")
+    lines += ["", "## Sample replies (first prompts)", ""]
+    names = list(r["preservation"])
+    for i, prompt_reply in enumerate(b["replies"][:3]):
+        lines.append(f"**Prompt {i + 1}.** base: {' '.join(prompt_reply.split()[:40])}…")
+        for name in names:
+            first_user = next(w for w in r["preservation"][name]["per_adapter"] if w != "null")
+            rep = r["preservation"][name]["per_adapter"][first_user]["replies"]
+            if i < len(rep):
+                lines.append(f"- {name} ({first_user.split('/')[0]} user): {' '.join(rep[i].split()[:40])}…")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, required=True, help="training config: tasks, users, splits, profiles")
+    ap.add_argument("--hypernet", action="append", required=True, metavar="NAME=ONNX",
+                    help="an exported hypernet (its .json card beside it); repeat to compare")
+    ap.add_argument("--prompts", type=Path, default=Path("configs/prompts/open_eval.txt"))
+    ap.add_argument("--chat-users", type=int, default=4, help="held-out users whose adapters reply to the prompts")
+    ap.add_argument("--writing-tasks", nargs="+", help="default: the config's long-form writing tasks")
+    ap.add_argument("--target-tokens", type=int, default=128, help="tokens of each unseen text that are scored")
+    ap.add_argument("--keep-replies", type=int, default=8, help="replies kept per adapter in the JSON")
+    ap.add_argument("--part", choices=("test", "val"), default="test",
+                    help="val: validation users, to choose between candidates without test users")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    log = lambda m: print(f"[{time.time() - t0:6.0f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        r = run(args, log)
+    except P2PError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    r["wall_s"] = round(time.time() - t0)
+    print(write_result(args.out, r, render, "bench.chat", argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
