@@ -52,10 +52,9 @@ def pick_users(uids: list[str], n: int) -> list[str]:
 
 
 def null_embedding(encoder) -> np.ndarray:
-    """The neutral profile: the client's profile text for a user with no history (no summary, items or habits)."""
-    from p2p_edge.profile import profile_text
+    from p2p_edge.evaluate import null_profile_embedding
 
-    return encoder.encode([profile_text(None, [], None)])[0]
+    return null_profile_embedding(encoder)
 
 
 # ------------------------------------------------------------------------------------------------ replies
@@ -68,11 +67,12 @@ def reply_stats(replies: list[str]) -> dict:
     return {"mean_words": round(float(n.mean()), 2), "short_share": round(float((n < SHORT_WORDS).mean()), 4)}
 
 
-def generate_replies(llm, adapter_path: Path | None, prompts: list[str], system: str) -> list[str]:
+def generate_replies(llm, adapter_path: Path | None, prompts: list[str], system: str,
+                     scale: float = 1.0) -> list[str]:
     from p2p_edge.train.preserve import base_reply
 
     ad = llm.load_adapter(adapter_path) if adapter_path is not None else None
-    llm.use(ad)
+    llm.use(ad, scale)
     try:
         return [base_reply(llm, p, system, REPLY_TOKENS)[0] for p in prompts]
     finally:
@@ -152,7 +152,9 @@ def run(args, log) -> dict:
     llm = LocalLLM(n_threads=args.threads)
     for h in hypernets.values():
         h.card.check_base(llm.spec)
-    result = {"config": str(args.config), "part": args.part, "hypernets": {k: str(v.path) for k, v in hypernets.items()},
+    # replies at the strength chat uses (the card's chat_scale unless --scale); likelihoods at the trained strength
+    scales = {k: (args.scale if args.scale is not None else h.card.chat_scale) for k, h in hypernets.items()}
+    result = {"config": str(args.config), "part": args.part, "reply_scales": scales, "hypernets": {k: str(v.path) for k, v in hypernets.items()},
               "prompts": str(args.prompts), "n_prompts": len(prompts), "reply_tokens": REPLY_TOKENS}
 
     # 1. replies through llama.cpp
@@ -167,7 +169,7 @@ def run(args, log) -> dict:
             replies[name] = {}
             for who, vec in [(u, emb[index[u]]) for u in chat_users] + [("null", null)]:
                 path = write_adapter(Path(tmp) / "a.gguf", h.generate(vec), llm.spec, dtype="f16")
-                replies[name][who] = generate_replies(llm, path, prompts, system)
+                replies[name][who] = generate_replies(llm, path, prompts, system, scales[name])
             log(f"{name} replies: " + ", ".join(f"{w.split('/')[-1][:10]} {reply_stats(r)['mean_words']}"
                                                  for w, r in replies[name].items()))
     del llm
@@ -247,7 +249,9 @@ def render(r: dict, cmd: str) -> str:
              + ", ".join(f"**{k}** (`{v}`)" for k, v in r["hypernets"].items()) + ".", "",
              "## Assistant preservation", "",
              f"Greedy replies ({r['reply_tokens']} tokens, the chat's system prompt, repeat penalty 1.1) to "
-             f"{r['n_prompts']} open prompts no training run reads (`{r['prompts']}`), through llama.cpp with GGUF "
+             f"{r['n_prompts']} open prompts no training run reads (`{r['prompts']}`; LoRA scale of the replies: "
+             + ", ".join(f"{k} {v:g}" for k, v in r.get("reply_scales", {}).items())
+             + "; likelihoods at scale 1), through llama.cpp with GGUF "
              f"adapters of {len(r['chat_users'])} held-out users ({', '.join(u.split('/')[0] for u in r['chat_users'])}). "
              f"Base model: {b['mean_words']:.1f} words per reply, {100 * b['short_share']:.1f}% under "
              f"{SHORT_WORDS} words, loss of its own replies {b['base_reply_nll']:.3f} nats/token.", "",
@@ -292,6 +296,7 @@ def main(argv=None) -> int:
     ap.add_argument("--writing-tasks", nargs="+", help="default: the config's long-form writing tasks")
     ap.add_argument("--target-tokens", type=int, default=128, help="tokens of each unseen text that are scored")
     ap.add_argument("--keep-replies", type=int, default=8, help="replies kept per adapter in the JSON")
+    ap.add_argument("--scale", type=float, help="LoRA scale of the replies [default: each card's chat_scale]")
     ap.add_argument("--part", choices=("test", "val"), default="test",
                     help="val: validation users, to choose between candidates without test users")
     ap.add_argument("--threads", type=int, default=2)

@@ -57,6 +57,14 @@ def hypernet_adapters(hypernet, base, emb: np.ndarray, index: dict[str, int], *,
     return adapter_for
 
 
+def null_profile_embedding(encoder) -> np.ndarray:
+    """The null-profile control's input: the client's profile vector for a user with no history (no summary, items
+    or habits). A wrong profile hurting (shuffled) is not the same as the right one helping; this neutral one tells."""
+    from .profile import profile_text
+
+    return encoder.encode([profile_text(None, [], None)])[0]
+
+
 def limit_queries(corpus, uids: list[str], per_user_task: int, kinds: tuple[str, ...] = ("generation",)) -> None:
     """Keep each eval user's most recent `per_user_task` queries of every task whose kind is in `kinds` (the
     expensive free-text answers; bounds CPU time). Tasks of other kinds (ratings, classes: answers of a few tokens)

@@ -22,10 +22,11 @@ import torch
 from ..adapter import LoraWeights, write_adapter
 from ..errors import InputError
 from ..evaluate import (VERDICT_WORDS, answer_changes, answer_changes_cells, checks, hypernet_adapters, limit_queries,
+                        null_profile_embedding,
                         run_adapter_method, score_split, to_json)
 from ..fileio import atomic_write_text, ensure_private_dir
 
-COMPARE = ("mt_lora", "p2p_shuffled", "base", "prior")
+COMPARE = ("mt_lora", "p2p_shuffled", "p2p_null", "base", "prior")
 
 
 def shared_lora_weights(ckpt_path: Path) -> LoraWeights:
@@ -106,7 +107,7 @@ def check_not_trained_on(ckpt: Path, scored: list[str]) -> None:
                          f"{leaked[0]} (another fold's run?)", field="train")
 
 
-METHOD_ORDER = ("base", "prior", "mt_lora", "p2p", "p2p_shuffled", "p2p_summary_only", "p2p_retrieval_only")
+METHOD_ORDER = ("base", "prior", "mt_lora", "p2p", "p2p_shuffled", "p2p_null", "p2p_summary_only", "p2p_retrieval_only")
 
 
 def _fmt(d: dict, m: str) -> str:
@@ -246,6 +247,8 @@ def main(argv=None) -> int:
     ap.add_argument("--part", choices=("test", "val"), default="test",
                     help="val: score validation users instead, to choose between candidate runs without test users")
     ap.add_argument("--ablations", action="store_true")
+    ap.add_argument("--null-profile", action="store_true",
+                    help="also score the null-profile control (the hypernet fed a neutral no-history profile)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse", type=Path, metavar="DIR",
                     help="an earlier report of the same --p2p checkpoint: take its answers (base, p2p, shuffled, "
@@ -309,6 +312,11 @@ def main(argv=None) -> int:
         shared["mt_lora"] = run_adapter_method(llm, corpus, test_uids, lambda u, t: mt_path)
         log("mt_lora done")
     answer_all("p2p", hypernet_adapters(hyper, llm.spec, corpus.emb["full"], index))
+    if args.null_profile:   # one adapter for everyone: the hypernet's LoRA for the neutral no-history profile
+        null_path = write_adapter(out / "p2p_null.gguf", hyper.generate(null_profile_embedding(encoder)), llm.spec,
+                                  dtype="f16")
+        shared["p2p_null"] = run_adapter_method(llm, corpus, test_uids, lambda u, t: null_path)
+        log("p2p_null done")
     if args.ablations:
         for v in ("summary_only", "retrieval_only"):
             answer_all(f"p2p_{v}", hypernet_adapters(hyper, llm.spec, corpus.emb[v], index))
