@@ -129,7 +129,7 @@ def run(args, log) -> dict:
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
-    prompts = read_prompts(args.prompts)
+    prompts = read_prompts(args.prompts)[: args.max_prompts or None]
     system = system_prompt()
     hypernets = {}
     for spec in args.hypernet:
@@ -148,6 +148,8 @@ def run(args, log) -> dict:
     else:
         parts = {s: corpus.splits[s]["test"] for s in ("random", "ood")}
     test = sorted(set(parts["random"]) | set(parts["ood"]))
+    if args.max_users:   # a smoke run: a few held-out users, spread over datasets
+        test = sorted(pick_users(test, args.max_users))
     null = null_embedding(encoder)
     llm = LocalLLM(n_threads=args.threads)
     for h in hypernets.values():
@@ -295,6 +297,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chat-users", type=int, default=4, help="held-out users whose adapters reply to the prompts")
     ap.add_argument("--writing-tasks", nargs="+", help="default: the config's long-form writing tasks")
     ap.add_argument("--target-tokens", type=int, default=128, help="tokens of each unseen text that are scored")
+    ap.add_argument("--max-prompts", type=int, default=0, help="only the first N prompts (0 = all; smoke runs)")
+    ap.add_argument("--max-users", type=int, default=0, help="only N held-out users for the writing part (0 = all)")
     ap.add_argument("--keep-replies", type=int, default=8, help="replies kept per adapter in the JSON")
     ap.add_argument("--scale", type=float, help="LoRA scale of the replies [default: each card's chat_scale]")
     ap.add_argument("--part", choices=("test", "val"), default="test",

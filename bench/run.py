@@ -50,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "rating and classification tasks keep all reserved queries")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-chat", action="store_true",
+                    help="skip bench.chat (assistant preservation and personal writing of the hypernet)")
     ap.add_argument("--decode-pairs", type=int, default=15, help="interleaved base/adapter decode-speed measurements")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
@@ -219,6 +221,18 @@ def main(argv=None) -> int:
              "quality": quality, "paired": paired, "answer_changes": changes}
         q["run"] = provenance(t_quality)
         atomic_write_text(out / "quality.json", json.dumps(q, indent=1) + "\n")
+
+    if not args.skip_chat:   # what the adapter does outside the tasks: open chat, the user's own long texts
+        from .chat import main as chat_main
+
+        hyp = args.hypernet or client.hypernet.path
+        del client, trainer   # bench.chat loads its own llama.cpp model and torch base
+        chat_args = ["--config", str(args.config), "--hypernet", f"shipped={hyp}", "--threads", str(args.threads),
+                     "--out", str(out / "chat")]
+        if args.quick:
+            chat_args += ["--max-prompts", "6", "--chat-users", "2", "--max-users", "6"]
+        if chat_main(chat_args) != 0:
+            raise SystemExit("bench.chat failed")
 
     from . import plots
     from .report import render

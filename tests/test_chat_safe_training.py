@@ -42,6 +42,10 @@ def test_a_long_target_cut_for_cpu_does_not_train_the_end_of_the_turn():
     ids, labels = encode_example(tok, "write a title", "red", 64, max_target_tokens=4, system="good")
     assert tok.decode(ids).split()[:3] == ["<|im_start|>", "<unk>", "good"]   # "system" is not in the tiny vocab
     assert "good" not in targets(tok, ids, labels)
+    # an over-long prompt under a system turn is cut in its middle; the system turn and the target survive
+    ids, labels = encode_example(tok, "review " * 100 + "write a title", "red", 24, 4, system="good")
+    assert len(ids) <= 24 and tok.decode(ids).split()[2] == "good"
+    assert targets(tok, ids, labels) == ["red", "<|im_end|>"]
 
 
 def test_preservation_rows_are_their_own_token_mean_times_the_weight():

@@ -67,10 +67,10 @@ def encode_example(tok, prompt: str, target: str, max_len: int, max_target_token
     max_target_tokens = 0: the target is cut at max_len // 3 tokens and always ends the turn (the short-answer
     recipes). > 0: cut there, and the end-of-turn token is trained only when the whole target fit (and `finished`):
     a long text cut for CPU must not teach the model to stop mid-text."""
-    head = [{"role": "system", "content": system}] if system else []
+    system_turn = [{"role": "system", "content": system}] if system else []
 
     def ids_for(p):
-        return tok.apply_chat_template(head + [{"role": "user", "content": p}], add_generation_prompt=True,
+        return tok.apply_chat_template(system_turn + [{"role": "user", "content": p}], add_generation_prompt=True,
                                        tokenize=True)
 
     full = tok(target, add_special_tokens=False)["input_ids"]
