@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..adapter import LoraWeights, write_adapter
+from ..adapter import LoraWeights, validate_adapter, write_adapter
 from ..errors import InputError
 from ..evaluate import (VERDICT_WORDS, answer_changes, answer_changes_cells, checks, hypernet_adapters, limit_queries,
                         null_profile_embedding,
@@ -237,7 +237,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--p2p", type=Path, help="hypernet checkpoint (last.pt)")
-    ap.add_argument("--mt-lora", type=Path, help="MT-LoRA checkpoint (last.pt); without it no MT-LoRA rows")
+    ap.add_argument("--mt-lora", type=Path, help="MT-LoRA checkpoint (last.pt), or its GGUF adapter (e.g. "
+                    "bench/assets/mt_lora.gguf: no run record beside it, so the leak check trusts it); without it no "
+                    "MT-LoRA rows")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--rerender", action="store_true",
                     help="no scoring: recompute the checks of OUT/metrics.json (tasks from --config) and rewrite "
@@ -290,8 +292,12 @@ def main(argv=None) -> int:
     check_card_profile(hyper.card, cfg, str(args.p2p))
     llm = LocalLLM(n_threads=args.threads)
     hyper.card.check_base(llm.spec)
-    mt_path = (write_adapter(out / "mt_lora.gguf", shared_lora_weights(args.mt_lora), llm.spec, dtype="f16")
-               if args.mt_lora else None)
+    if args.mt_lora and args.mt_lora.suffix == ".gguf":   # a control already written as an adapter
+        validate_adapter(args.mt_lora, llm.spec)             # (e.g. bench/assets/mt_lora.gguf)
+        mt_path = args.mt_lora
+    else:
+        mt_path = (write_adapter(out / "mt_lora.gguf", shared_lora_weights(args.mt_lora), llm.spec, dtype="f16")
+                   if args.mt_lora else None)
 
     log = lambda m: print(f"[{time.time() - t0:7.0f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
 
