@@ -122,10 +122,11 @@ class _HashingReader:
 class _Scan:
     """State of one pass over a file: the hash, filled in when the pass completes."""
 
-    def __init__(self, path, max_line_bytes: int):
+    def __init__(self, path, max_line_bytes: int, opener=None):
         if max_line_bytes < 1:
             raise ValueError(f"max_line_bytes must be >= 1, got {max_line_bytes}")
         self.path = path
+        self.opener = opener
         self.max_line_bytes = max_line_bytes
         self.hasher = hashlib.sha256()
         self.sha256: str | None = None
@@ -136,6 +137,8 @@ class _Scan:
         return InputError(self.path, message, line=line, field=field)
 
     def _open(self):
+        if self.opener is not None:
+            return self.opener()
         p = Path(self.path)
         if p.is_dir():
             raise self._err("is a directory, expected a JSON Lines history file")
@@ -397,18 +400,21 @@ def iter_history(path, *, max_line_bytes: int = 1 << 20) -> Iterator[HistoryItem
 
 
 def load_history(path, *, keep_last: int = 512, max_items: int = 10_000_000,
-                 max_line_bytes: int = 1 << 20) -> History:
+                 max_line_bytes: int = 1 << 20, opener=None) -> History:
     """Validate a whole history file and keep its most recent `keep_last` items.
 
     The kept items are the last `keep_last` valid items in file order; if every kept item
     has a `time`, they are sorted by (time, line). `n_items`, `label_counts` and the rating
     sums cover all items in the file. More than `max_items` items is an InputError.
+
+    `opener`: a callable returning a binary file object with ``peek`` (e.g. ``io.BufferedReader``), read
+    instead of opening `path`; `path` then only names the source in errors and in ``History.path``.
     """
     if keep_last < 0:
         raise ValueError(f"keep_last must be >= 0, got {keep_last}")
     if max_items < 1:
         raise ValueError(f"max_items must be >= 1, got {max_items}")
-    scan = _Scan(path, max_line_bytes)
+    scan = _Scan(path, max_line_bytes, opener)
     kept: deque[HistoryItem] = deque(maxlen=keep_last)
     label_counts: dict[str, int] = {}
     rating_sum, rating_count, n = 0.0, 0, 0

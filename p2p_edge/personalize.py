@@ -195,7 +195,8 @@ class Client:
             "hypernet": {"id": card.id, "path": str(self.hypernet.path), "rank": card.rank, "alpha": card.alpha},
             "base_model": {"id": card.raw["base_model"].get("id", self.base.name),  # check_base: same sha
                            "name": self.base.name, "path": str(self.llm.model_path), "sha256": self.base.sha256},
-            "history": {"path": str(Path(history.path).resolve()), "sha256": history.sha256, "n_items": history.n_items,
+            "history": {"path": str(Path(history.path).resolve()) if history.path is not None else None,  # None: not a file
+                        "sha256": history.sha256, "n_items": history.n_items,
                         "n_used": len(history.items)},
             "timings_ms": {k: round(v, 2) for k, v in T.items()},
             "models_load_ms": round(self.load_ms, 1),
