@@ -204,6 +204,30 @@ def forget(
 
 @app.command()
 @friendly_errors
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (a non-loopback one needs --api-key)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="P2P_EDGE_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY' (or set P2P_EDGE_API_KEY)."),
+    max_loaded_adapters: int = typer.Option(64, "--max-loaded-adapters", min=1,
+                                            help="Adapters kept loaded in llama.cpp (least recently used freed)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
+    history_dir: Optional[Path] = typer.Option(None, "--history-dir",
+                                               help="Accept POST /v1/adapters 'history_path' for files under DIR only."),
+    hypernet: Optional[Path] = typer.Option(None, "--hypernet", help="Hypernet ONNX (default: shipped)."),
+    base_model: Optional[Path] = typer.Option(None, "--base-model", help="Base GGUF (default: bundled SmolLM2)."),
+    max_body_mb: float = typer.Option(16.0, "--max-body-mb", min=0.001, help="Largest request body (MiB)."),
+):
+    """OpenAI-compatible local HTTP server: model 'p2p/<user>' answers with that user's adapter."""
+    from .serve import serve as run_server
+
+    run_server(host=host, port=port, api_key=api_key or None, max_loaded_adapters=max_loaded_adapters,
+               threads=threads, history_dir=history_dir, hypernet=hypernet, base_model=base_model,
+               max_body=int(max_body_mb * (1 << 20)), log=lambda s: typer.echo(s, err=True))
+
+
+@app.command()
+@friendly_errors
 def info():
     """Show where the base model, encoder, hypernet and user data live."""
     from .hypernet import DEFAULT_HYPERNET
