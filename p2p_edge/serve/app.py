@@ -6,6 +6,7 @@ request metrics). Routes that touch the model hand their work to the engine's wo
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import time
@@ -176,8 +177,6 @@ def _routes(app: FastAPI) -> None:
 
 
 async def _on_worker(engine: Engine, fn, *args):
-    import asyncio
-
     try:
         return await asyncio.wrap_future(engine.submit(fn, *args))
     except (InputError, ModelFileError) as e:

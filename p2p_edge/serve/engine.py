@@ -55,11 +55,24 @@ def stored_users() -> list[str]:
     return [u for u in names if USER_ID.fullmatch(u) and ".." not in u and (root / u / ADAPTER_FILE).is_file()]
 
 
+_SHAS: dict[str, tuple[tuple, str]] = {}  # path -> ((inode, size, mtime), sha256): a listing re-hashes nothing
+_SHAS_LOCK = threading.Lock()
+
+
 def file_sha256(path: Path) -> str:
+    """sha256 of an adapter file, remembered while the file is unchanged."""
+    st = os.stat(path)
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    with _SHAS_LOCK:
+        known = _SHAS.get(str(path))
+    if known is not None and known[0] == stamp:
+        return known[1]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    with _SHAS_LOCK:
+        _SHAS[str(path)] = (stamp, h.hexdigest())
     return h.hexdigest()
 
 
@@ -113,6 +126,7 @@ class Engine:
         self.base_id = base_model_id(self.llm.model_path)
         self.max_loaded = max(1, int(max_loaded))
         self._cache: OrderedDict[str, _Loaded] = OrderedDict()  # touched on the worker thread only
+        self._loaded_names: frozenset[str] = frozenset()  # its keys, for other threads (replaced, never mutated)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2p-edge-model")
         self._depth = 0
         self._depth_lock = threading.Lock()
@@ -127,7 +141,7 @@ class Engine:
             if need_hypernet:
                 raise
             self.client_error = str(e)
-        self.metrics.gauge("adapters_loaded", lambda: len(self._cache))
+        self.metrics.gauge("adapters_loaded", lambda: len(self._loaded_names))
         self.metrics.gauge("queue_depth", lambda: self._depth)
 
     # -- the worker thread ---------------------------------------------------------------------------------
@@ -154,6 +168,7 @@ class Engine:
     def _drop(self, user: str) -> None:
         entry = self._cache.pop(user, None)
         if entry is not None:
+            self._loaded_names = frozenset(self._cache)
             self.llm.free(entry.adapter)
 
     def _load(self, user: str) -> _Loaded:
@@ -185,6 +200,7 @@ class Engine:
             self.llm.free(adapter)
             raise
         entry = self._cache[user] = _Loaded(adapter, scale, stamp)
+        self._loaded_names = frozenset(self._cache)
         return entry
 
     def activate(self, user: str | None, scale: float | None) -> None:
@@ -196,8 +212,9 @@ class Engine:
             self.llm.use(entry.adapter, entry.scale if scale is None else scale)
         self.metrics.observe("adapter_swap_ms", (time.perf_counter() - t) * 1e3)
 
-    def loaded_users(self) -> set[str]:
-        return set(self._cache)
+    def loaded_users(self) -> frozenset[str]:
+        """Safe from any thread."""
+        return self._loaded_names
 
     # -- generation (worker thread) ---------------------------------------------------------------------------
     def generate(self, g: Generation) -> None:
