@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_CONFIG = ROOT / "configs" / "train_default.toml"
 DEFAULT_MT_LORA = ROOT / "bench" / "assets" / "mt_lora.gguf"
+CHAT_CONFIG = ROOT / "configs" / "train_chat.toml"   # has the long-form writing tasks bench.chat scores
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-chat", action="store_true",
                     help="skip bench.chat (assistant preservation and personal writing of the hypernet)")
+    ap.add_argument("--chat-config", type=Path, default=CHAT_CONFIG,
+                    help="bench.chat's config: users, splits and the writing tasks (default configs/train_chat.toml)")
     ap.add_argument("--decode-pairs", type=int, default=15, help="interleaved base/adapter decode-speed measurements")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
@@ -227,7 +230,7 @@ def main(argv=None) -> int:
 
         hyp = args.hypernet or client.hypernet.path
         del client, trainer   # bench.chat loads its own llama.cpp model and torch base
-        chat_args = ["--config", str(args.config), "--hypernet", f"shipped={hyp}", "--threads", str(args.threads),
+        chat_args = ["--config", str(args.chat_config), "--hypernet", f"shipped={hyp}", "--threads", str(args.threads),
                      "--out", str(out / "chat")]
         if args.quick:
             chat_args += ["--max-prompts", "6", "--chat-users", "2", "--max-users", "6"]
