@@ -148,7 +148,60 @@ def test_prompt_files_and_replies_are_validated_with_the_line(tmp_path):
 
 def test_the_open_eval_prompts_are_never_trained_on():
     train_p = set(read_prompts(ROOT / "configs" / "prompts" / "open_train.txt"))
+    train_p |= set(read_prompts(ROOT / "configs" / "prompts" / "open_train_large.txt"))
     eval_p = read_prompts(ROOT / "configs" / "prompts" / "open_eval.txt")
     assert len(eval_p) >= 60 and not train_p & set(eval_p)
     norm = lambda s: " ".join(s.lower().split())  # noqa: E731
     assert not {norm(x) for x in train_p} & {norm(x) for x in eval_p}
+
+
+def test_the_kl_preservation_term_is_zero_at_the_base_model_and_positive_away_from_it():
+    from p2p_edge.train.loop import keep_kl_term
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    hc = HyperNetConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (32, 32), "v_proj": (32, 16)},
+                        hidden=32, dropout=0.0, a_init_scale=1.0)
+    gen = HyperNet(hc)   # B's head starts at zero: delta W = 0, the base model
+    inj = LoraInjector(model, hc.modules, hc.alpha, hc.rank)
+    emb = torch.randn(2, 8)
+    task = [Row(*encode_example(tok, "write a title", "red", 32), user=0)] * 2
+    keep = [Row(*encode_example(tok, "review", "good bad red blue good", 32, 16), user=1)] * 2
+    ids, mask, labels, users = collate(keep, tok.pad_token_id)
+    with torch.no_grad():
+        assert float(keep_kl_term(model, inj, gen, emb[users], ids, mask, labels)) == pytest.approx(0.0, abs=1e-6)
+    for head in gen.head_b.values():
+        torch.nn.init.normal_(head.weight, std=0.5)
+    with torch.no_grad():
+        kl = float(keep_kl_term(model, inj, gen, emb[users], ids, mask, labels))
+        lt = float(sft_loss(model, inj, gen, emb, collate(task, tok.pad_token_id)))
+        both = float(sft_loss(model, inj, gen, emb, collate(task + keep, tok.pad_token_id),
+                              keep=torch.tensor([False, False, True, True]), keep_weight=2.0, keep_kl=True))
+    inj.remove()
+    assert kl > 1e-3
+    assert both == pytest.approx(lt + 2.0 * kl, abs=1e-5)
+
+
+def test_training_with_the_kl_term_stays_nearer_the_base_model_on_preserved_prompts(tmp_path):
+    from p2p_edge.train.loop import keep_kl_term
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    emb = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    rows = [Row(*encode_example(tok, "write a title for this review", "red", 32), user=u) for u in (0, 1)] * 4
+    keep = [Row(*encode_example(tok, "the guitar", "good bread strings blue good", 32, 16), user=-1)]
+
+    def kl(gen):
+        inj = LoraInjector(model, gen.cfg.modules, gen.cfg.alpha, gen.cfg.rank)
+        ids, mask, labels, _ = collate(keep, tok.pad_token_id)
+        with torch.no_grad():
+            v = float(keep_kl_term(model, inj, gen, torch.from_numpy(emb[:1]), ids, mask, labels))
+        inj.remove()
+        return v
+
+    plain = train(tiny_cfg(tmp_path / "a", steps=40), model, tok, rows, rows[:2], emb, out_dir=tmp_path / "a",
+                  meta={}, progress=False, log=lambda *_: None)
+    kept = train(tiny_cfg(tmp_path / "b", steps=40, preserve_fraction=0.25, preserve_replies="x", preserve_loss="kl",
+                          preserve_weight=2.0), model, tok, rows, rows[:2], emb, out_dir=tmp_path / "b", meta={},
+                 progress=False, log=lambda *_: None, keep_rows=keep)
+    assert kl(kept) < 0.75 * kl(plain)

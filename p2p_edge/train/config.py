@@ -91,6 +91,9 @@ class TrainCfg:
     preserve_replies: str = ""
     preserve_fraction: float = 0.0
     preserve_weight: float = 1.0
+    # "sft": the loss of the base model's reply tokens; "kl": KL(base || adapted) next-token distributions on those
+    # replies (nothing to gain by memorising the replies; one extra no-grad forward of the preservation rows)
+    preserve_loss: str = "sft"
 
 
 @dataclass
@@ -230,6 +233,8 @@ def load_config(path: Path) -> Config:
                          else "train.contrastive_margin")
     if cfg.train.diverge_ratio != 0 and not cfg.train.diverge_ratio > 1:
         raise InputError(path, "must be 0 (off) or > 1", field="train.diverge_ratio")
+    if cfg.train.preserve_loss not in ("sft", "kl"):
+        raise InputError(path, "must be 'sft' or 'kl'", field="train.preserve_loss")
     if not 0 <= cfg.train.preserve_fraction < 1:
         raise InputError(path, "must be in [0, 1)", field="train.preserve_fraction")
     if cfg.train.preserve_fraction > 0 and not cfg.train.preserve_replies:

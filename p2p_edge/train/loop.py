@@ -162,12 +162,26 @@ def token_losses(model, injector: LoraInjector, gen: nn.Module, e: torch.Tensor,
 def sft_loss(model, injector: LoraInjector, gen: nn.Module, emb: torch.Tensor, batch,
              noise: float = 0.0, dropout: float = 0.0, negatives: torch.Tensor | None = None,
              contrastive: float = 0.0, margin: float = 0.0, keep: torch.Tensor | None = None,
-             keep_weight: float = 0.0) -> torch.Tensor:
+             keep_weight: float = 0.0, keep_kl: bool = False) -> torch.Tensor:
     """Mean target-token loss of the batch; with `negatives` (one other user per row) and contrastive > 0, plus
     the profile-contrast hinge (see TrainCfg.contrastive). `keep` (bool per row) marks assistant-preservation rows
     (the base model's own replies to open prompts): their token mean is a separate term, times keep_weight, so a
-    batch's long replies do not drown its short task answers (see TrainCfg.preserve_weight)."""
+    batch's long replies do not drown its short task answers (see TrainCfg.preserve_weight). keep_kl: that term is
+    the KL from the base model's next-token distribution to the adapted one on those rows (keep_kl_term) instead of
+    the loss of the reply's tokens."""
     ids, mask, labels, users = batch
+    if keep_kl and keep is not None and bool(keep.any()):
+        e = perturb_profiles(emb[users], noise, dropout)
+        k, t = keep, ~keep
+        tok, valid = token_losses(model, injector, gen, e[t], ids[t], mask[t], labels[t])
+        loss = tok.sum() / valid.sum().clamp(min=1) + keep_weight * keep_kl_term(
+            model, injector, gen, e[k], ids[k], mask[k], labels[k])
+        if negatives is None or contrastive <= 0:
+            return loss
+        neg, _ = token_losses(model, injector, gen, emb[negatives[t]], ids[t], mask[t], labels[t])
+        n = valid.sum(1).clamp(min=1)
+        gap = (neg * valid).sum(1) / n - (tok * valid).sum(1) / n
+        return loss + contrastive * torch.relu(margin - gap).mean()
     tok, valid = token_losses(model, injector, gen, perturb_profiles(emb[users], noise, dropout), ids, mask, labels)
     if keep is not None and bool(keep.any()):
         task_v, keep_v = valid & ~keep[:, None], valid & keep[:, None]
@@ -182,6 +196,23 @@ def sft_loss(model, injector: LoraInjector, gen: nn.Module, emb: torch.Tensor, b
     n = valid.sum(1).clamp(min=1)
     gap = (neg * valid).sum(1) / n - (tok * valid).sum(1) / n   # > 0: own profile fits better
     return loss + contrastive * torch.relu(margin - gap).mean()
+
+
+def keep_kl_term(model, injector: LoraInjector, gen: nn.Module, e: torch.Tensor, ids, mask, labels) -> torch.Tensor:
+    """Mean over the target positions of KL(base || adapted) between next-token distributions. Fitting the base
+    model's sampled reply token by token rewards making those exact tokens likelier than the base model itself does,
+    and a hypernet can memorise a small prompt set that way (it did: bench/results/chat_candidate1_preserve_fit.md);
+    the KL is 0 exactly at the base model's behaviour, so it has nothing to memorise beyond it."""
+    valid = labels[:, 1:] != IGNORE
+    if not bool(valid.any()):
+        return torch.zeros((), device=ids.device)
+    with torch.no_grad(), injector.use(None):
+        hb = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        logp_base = torch.log_softmax(model.lm_head(hb[:, :-1][valid]).float(), -1)
+    with injector.use(gen(e)):
+        ha = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        logp = torch.log_softmax(model.lm_head(ha[:, :-1][valid]).float(), -1)
+    return (logp_base.exp() * (logp_base - logp)).sum(-1).mean()
 
 
 def negative_pool(train_uids: list[str], index: dict[str, int]) -> dict[int, list[int]]:
@@ -371,7 +402,8 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
                 g["lr"] = lr_at(step, t) * lr_scale
             with acc.autocast():
                 loss = sft_loss(model, injector, gen, emb_t, batch, t.profile_noise, t.profile_dropout,
-                                negs, t.contrastive, t.contrastive_margin, keep, t.preserve_weight)
+                                negs, t.contrastive, t.contrastive_margin, keep, t.preserve_weight,
+                                t.preserve_loss == "kl")
             acc.backward(loss)
             acc.clip_grad_norm_(gen.parameters(), 1.0)
             opt.step()

@@ -7,7 +7,9 @@ with any user's profile keeps each adapter close to the base model outside the t
 
     python -m p2p_edge.train.preserve --prompts configs/prompts/open_train.txt --out data/preserve/open_train.jsonl
 
-Resumable: prompts already in --out (same base model and decoding) are skipped.
+Resumable: prompts already in --out (same base model and decoding) are skipped. Several --prompts files make one
+set, e.g. `--prompts configs/prompts/open_train.txt configs/prompts/open_train_large.txt --out
+data/preserve/open_train_all.jsonl` (what configs/train_chat_kl.toml trains on).
 """
 
 from __future__ import annotations
@@ -89,12 +91,13 @@ def load_replies(path: Path) -> list[dict]:
     return rows
 
 
-def build(prompts_path: Path, out: Path, *, threads: int | None = None, max_tokens: int = MAX_TOKENS,
+def build(prompts_paths: list[Path], out: Path, *, threads: int | None = None, max_tokens: int = MAX_TOKENS,
           log=print) -> int:
-    """Append the base model's reply for each prompt not yet in `out`; returns how many were generated."""
+    """Append the base model's reply for each prompt (of all the files, in order) not yet in `out`; returns how
+    many were generated."""
     from ..runtime import LocalLLM
 
-    prompts = read_prompts(prompts_path)
+    prompts = list(dict.fromkeys(p for path in prompts_paths for p in read_prompts(path)))
     system = system_prompt()
     llm = LocalLLM(n_threads=threads)
     done = set()
@@ -121,7 +124,8 @@ def build(prompts_path: Path, out: Path, *, threads: int | None = None, max_toke
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prompts", type=Path, required=True, help="one open prompt per line ('#' = comment)")
+    ap.add_argument("--prompts", type=Path, nargs="+", required=True,
+                    help="files of open prompts, one per line ('#' = comment)")
     ap.add_argument("--out", type=Path, required=True, help="JSONL of replies (appended; resumable)")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
