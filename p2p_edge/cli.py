@@ -237,6 +237,14 @@ def info():
             "data dir": data_dir(), "cache dir": cache_dir()}
     for k, v in rows.items():
         typer.echo(f"{k:11s} {v}{'' if Path(v).exists() else '  (missing)'}")
+    try:   # what the shipped hypernet does not do, from its card (a person should read it before relying on it)
+        from .hypernet import load_card
+
+        card = load_card(DEFAULT_HYPERNET)
+        typer.echo(f"{'':11s} id {card.id}, chat scale {card.chat_scale:g}" + (f"\nlimits      {card.limits}"
+                                                                             if card.limits else ""))
+    except P2PError:
+        pass
 
 
 def run():  # pragma: no cover - console entry
