@@ -241,8 +241,9 @@ def info():
         from .hypernet import load_card
 
         card = load_card(DEFAULT_HYPERNET)
-        typer.echo(f"{'':11s} id {card.id}, chat scale {card.chat_scale:g}" + (f"\nlimits      {card.limits}"
-                                                                             if card.limits else ""))
+        typer.echo(f"{'hypernet id':11s} {card.id} (chat scale {card.chat_scale:g})")
+        if card.limits:
+            typer.echo(f"{'limits':11s} {card.limits}")
     except P2PError:
         pass
 
