@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.output import write_result
+from bench.output import run_and_write
 from p2p_edge import metrics as M
-from p2p_edge.errors import InputError, P2PError
+from p2p_edge.errors import InputError
 
 REPLY_TOKENS = 96
 SHORT_WORDS = 5
@@ -305,17 +304,7 @@ def main(argv=None) -> int:
                     help="val: validation users, to choose between candidates without test users")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
-    args = ap.parse_args(argv)
-    t0 = time.time()
-    log = lambda m: print(f"[{time.time() - t0:6.0f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
-    try:
-        r = run(args, log)
-    except P2PError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    r["wall_s"] = round(time.time() - t0)
-    print(write_result(args.out, r, render, "bench.chat", argv))
-    return 0
+    return run_and_write("bench.chat", run, render, ap.parse_args(argv), argv)
 
 
 if __name__ == "__main__":

@@ -19,3 +19,22 @@ def write_result(out: Path, result: dict, render: Callable[[dict, str], str], mo
     atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
     atomic_write_text(out.with_suffix(".md"), md)
     return md
+
+
+def run_and_write(module: str, run: Callable, render: Callable[[dict, str], str], args, argv=None) -> int:
+    """A benchmark's main after argument parsing: run(args, log) -> result, a P2PError as one line and its exit
+    code (nothing written), else OUT.json + OUT.md (wall_s added) and the markdown printed."""
+    import time
+
+    from p2p_edge.errors import P2PError
+
+    t0 = time.time()
+    log = lambda m: print(f"[{time.time() - t0:6.0f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        r = run(args, log)
+    except P2PError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    r["wall_s"] = round(time.time() - t0)
+    print(write_result(args.out, r, render, module, argv))
+    return 0

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.output import write_result
-from p2p_edge.errors import P2PError
+from bench.output import run_and_write
 
 SCALES = (1.0, 0.75, 0.5, 0.25)
 
@@ -101,16 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--target-tokens", type=int, default=96)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
-    t0 = time.time()
-    log = lambda m: print(f"[{time.time() - t0:6.0f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
-    try:
-        r = run(args, log)
-    except P2PError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    print(write_result(args.out, r, render, "bench.preserve_fit", argv))
-    return 0
+    return run_and_write("bench.preserve_fit", run, render, ap.parse_args(argv), argv)
 
 
 if __name__ == "__main__":
