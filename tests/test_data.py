@@ -141,7 +141,8 @@ def assert_profile_before(ex: D.Example):
     q = ex.query_item
     for p in ex.profile_items:
         assert p is not q and p["id"] != q["id"]
-        assert p["time"] < q["time"]
+        if p["time"] is not None and q["time"] is not None:   # the blogs data has null times (1% of posts)
+            assert p["time"] < q["time"]
 
 
 def test_user_examples_roles_and_profiles(cfg):
