@@ -170,26 +170,24 @@ def sft_loss(model, injector: LoraInjector, gen: nn.Module, emb: torch.Tensor, b
     the KL from the base model's next-token distribution to the adapted one on those rows (keep_kl_term) instead of
     the loss of the reply's tokens."""
     ids, mask, labels, users = batch
-    if keep_kl and keep is not None and bool(keep.any()):
-        e = perturb_profiles(emb[users], noise, dropout)
-        k, t = keep, ~keep
-        tok, valid = token_losses(model, injector, gen, e[t], ids[t], mask[t], labels[t])
-        loss = tok.sum() / valid.sum().clamp(min=1) + keep_weight * keep_kl_term(
-            model, injector, gen, e[k], ids[k], mask[k], labels[k])
-        if negatives is None or contrastive <= 0:
-            return loss
-        neg, _ = token_losses(model, injector, gen, emb[negatives[t]], ids[t], mask[t], labels[t])
-        n = valid.sum(1).clamp(min=1)
-        gap = (neg * valid).sum(1) / n - (tok * valid).sum(1) / n
-        return loss + contrastive * torch.relu(margin - gap).mean()
-    tok, valid = token_losses(model, injector, gen, perturb_profiles(emb[users], noise, dropout), ids, mask, labels)
-    if keep is not None and bool(keep.any()):
-        task_v, keep_v = valid & ~keep[:, None], valid & keep[:, None]
-        loss = ((tok * task_v).sum() / task_v.sum().clamp(min=1)
-                + keep_weight * (tok * keep_v).sum() / keep_v.sum().clamp(min=1))
-        valid = task_v   # the contrast below is about the user's own task rows
-    else:
-        loss = tok.sum() / valid.sum().clamp(min=1)
+    e = perturb_profiles(emb[users], noise, dropout)
+    has_keep = keep is not None and bool(keep.any())
+    if has_keep and keep_kl:   # the preservation rows leave the batch: the KL term below reads them on their own
+        kept = (e[keep], ids[keep], mask[keep], labels[keep])
+        t = ~keep
+        e, ids, mask, labels = e[t], ids[t], mask[t], labels[t]
+        negatives = negatives[t] if negatives is not None else None
+    tok, valid = token_losses(model, injector, gen, e, ids, mask, labels)
+    keep_term = None
+    if has_keep and keep_kl:
+        keep_term = keep_kl_term(model, injector, gen, *kept)
+    elif has_keep:
+        keep_v = valid & keep[:, None]
+        keep_term = (tok * keep_v).sum() / keep_v.sum().clamp(min=1)
+        valid = valid & ~keep[:, None]   # the task mean and the contrast below are about the user's own task rows
+    loss = (tok * valid).sum() / valid.sum().clamp(min=1)
+    if keep_term is not None:
+        loss = loss + keep_weight * keep_term
     if negatives is None or contrastive <= 0:
         return loss
     neg, _ = token_losses(model, injector, gen, emb[negatives], ids, mask, labels)
