@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +49,6 @@ def pick_users(uids: list[str], n: int) -> list[str]:
             if lst and len(out) < n:
                 out.append(lst.pop(0))
     return out
-
-
-def null_embedding(encoder) -> np.ndarray:
-    from p2p_edge.evaluate import null_profile_embedding
-
-    return null_profile_embedding(encoder)
 
 
 # ------------------------------------------------------------------------------------------------ replies
@@ -117,7 +112,7 @@ def run(args, log) -> dict:
 
     from p2p_edge.adapter import write_adapter
     from p2p_edge.encoder import Encoder
-    from p2p_edge.evaluate import derangement
+    from p2p_edge.evaluate import derangement, null_profile_embedding
     from p2p_edge.hypernet import Hypernet
     from p2p_edge.runtime import LocalLLM
     from p2p_edge.train.config import check_card_profile, load_config
@@ -125,6 +120,7 @@ def run(args, log) -> dict:
     from p2p_edge.train.loop import encode_example, load_base
     from p2p_edge.train.model import LoraInjector
     from p2p_edge.train.preserve import read_prompts, system_prompt
+    from p2p_edge.train.select import both_splits, held_out_users
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
@@ -140,16 +136,10 @@ def run(args, log) -> dict:
     encoder = Encoder(threads=args.threads)
     corpus = load_corpus(cfg, encoder, max_users=cfg.profiles.max_users)
     index, emb = corpus.index(), corpus.emb["full"]
-    if args.part == "val":   # to choose between candidates without touching test users
-        from p2p_edge.train.select import validation_users
-
-        parts = validation_users(corpus)
-    else:
-        parts = {s: corpus.splits[s]["test"] for s in ("random", "ood")}
-    test = sorted(set(parts["random"]) | set(parts["ood"]))
+    test = both_splits(held_out_users(corpus, args.part))   # val: choose between candidates, no test user seen
     if args.max_users:   # a smoke run: a few held-out users, spread over datasets
         test = sorted(pick_users(test, args.max_users))
-    null = null_embedding(encoder)
+    null = null_profile_embedding(encoder)
     llm = LocalLLM(n_threads=args.threads)
     for h in hypernets.values():
         h.card.check_base(llm.spec)
@@ -161,15 +151,16 @@ def run(args, log) -> dict:
     # 1. replies through llama.cpp
     chat_users = pick_users(test, args.chat_users)
     result["chat_users"] = chat_users
-    import tempfile
-
     replies: dict[str, dict[str, list[str]]] = {"base": {"-": generate_replies(llm, None, prompts, system)}}
     log(f"base replies: {reply_stats(replies['base']['-'])}")
+    # each chat adapter's LoRA, made once: written for llama.cpp here, scored by torch below
+    weights = {name: {who: h.generate(vec) for who, vec in [(u, emb[index[u]]) for u in chat_users] + [("null", null)]}
+               for name, h in hypernets.items()}
     with tempfile.TemporaryDirectory(prefix="p2p-bench-chat-") as tmp:
-        for name, h in hypernets.items():
+        for name in hypernets:
             replies[name] = {}
-            for who, vec in [(u, emb[index[u]]) for u in chat_users] + [("null", null)]:
-                path = write_adapter(Path(tmp) / "a.gguf", h.generate(vec), llm.spec, dtype="f16")
+            for who, lora in weights[name].items():
+                path = write_adapter(Path(tmp) / "a.gguf", lora, llm.spec, dtype="f16")
                 replies[name][who] = generate_replies(llm, path, prompts, system, scales[name])
             log(f"{name} replies: " + ", ".join(f"{w.split('/')[-1][:10]} {reply_stats(r)['mean_words']}"
                                                  for w, r in replies[name].items()))
@@ -179,18 +170,17 @@ def run(args, log) -> dict:
     model, tok, _ = load_base(cfg)
     base_rows = [encode_example(tok, p, r, 10**6, 10**6, system=system, finished=False)
                  for p, r in zip(prompts, replies["base"]["-"])]
-    injector = LoraInjector(model, next(iter(hypernets.values())).card.modules,
-                            next(iter(hypernets.values())).card.alpha, next(iter(hypernets.values())).card.rank)
+    card = next(iter(hypernets.values())).card   # every hypernet here fits the same base (check_base above)
+    injector = LoraInjector(model, card.modules, card.alpha, card.rank)
     base_nll = rows_nll(model, injector, None, base_rows, tok.pad_token_id)
     base_stats = reply_stats(replies["base"]["-"])
     result["base"] = {**base_stats, "base_reply_nll": round(float(np.mean(base_nll)), 4),
                       "replies": replies["base"]["-"][: args.keep_replies]}
     result["preservation"] = {}
-    for name, h in hypernets.items():
+    for name in hypernets:
         per_who = {}
         for who, reps in replies[name].items():
-            vec = null if who == "null" else emb[index[who]]
-            nll = rows_nll(model, injector, lora_tensors(h.generate(vec)), base_rows, tok.pad_token_id)
+            nll = rows_nll(model, injector, lora_tensors(weights[name][who]), base_rows, tok.pad_token_id)
             per_who[who] = {**reply_stats(reps), "base_reply_nll_delta": round(float(np.mean(nll) - np.mean(base_nll)), 4),
                             "replies": reps[: args.keep_replies]}
         users = [w for w in per_who if w != "null"]

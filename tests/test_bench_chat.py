@@ -29,8 +29,10 @@ def test_the_null_profile_is_the_clients_profile_for_no_history():
             self.seen = texts
             return np.ones((len(texts), 3), np.float32)
 
+    from p2p_edge.evaluate import null_profile_embedding
+
     e = Enc()
-    chat.null_embedding(e)
+    null_profile_embedding(e)
     assert e.seen == ["About this user: (no history)"]
 
 

@@ -232,7 +232,7 @@ def main(argv=None) -> int:
     from ..runtime import LocalLLM
     from .config import check_card_profile, load_config
     from .dataset import load_corpus
-    from .select import validation_users
+    from .select import both_splits, held_out_users
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, required=True)
@@ -267,10 +267,8 @@ def main(argv=None) -> int:
     corpus = load_corpus(cfg, encoder, max_users=cfg.profiles.max_users)
     index = corpus.index()
 
-    # a random-split val user may be an OOD test user: validation_users never scores it here
-    users_of = (validation_users(corpus) if args.part == "val"
-                else {s: corpus.splits[s]["test"] for s in ("random", "ood")})
-    test_uids = sorted(set(users_of["random"]) | set(users_of["ood"]))
+    users_of = held_out_users(corpus, args.part)
+    test_uids = both_splits(users_of)
     limit_queries(corpus, test_uids, args.queries_per_user_task)
     reused: dict[str, dict] = {}
     try:

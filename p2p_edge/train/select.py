@@ -31,6 +31,19 @@ def validation_users(corpus) -> dict[str, list[str]]:
     return {s: [u for u in corpus.splits[s]["val"] if u not in every_test] for s in ("random", "ood")}
 
 
+def held_out_users(corpus, part: str) -> dict[str, list[str]]:
+    """split -> the users a reading scores: "test" = each split's test users; "val" = validation users (never a test
+    user of either split: a random-split val user may be an OOD test user)."""
+    if part == "val":
+        return validation_users(corpus)
+    return {s: list(corpus.splits[s]["test"]) for s in ("random", "ood")}
+
+
+def both_splits(users_of: dict[str, list[str]]) -> list[str]:
+    """The union of both splits' users, sorted (the split-independent answers are computed once for them)."""
+    return sorted(set(users_of["random"]) | set(users_of["ood"]))
+
+
 def last_val_loss(ckpt: Path) -> float | None:
     log = ckpt.parent / "train_log.jsonl"
     if not log.is_file():
