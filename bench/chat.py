@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.output import run_and_write
-from p2p_edge import metrics as M
+from bench.output import ci_cell, paired_ci, run_and_write
 from p2p_edge.errors import InputError
 
 REPLY_TOKENS = 96
@@ -99,11 +98,6 @@ def rows_nll(model, injector, lora: dict | None, rows: list, pad_id: int) -> lis
             tok, valid = target_losses(model, ids, mask, labels)
             out += (tok.sum(1) / valid.sum(1).clamp(min=1)).tolist()
     return out
-
-
-def diff_ci(a, b) -> dict:
-    d, lo, hi = M.paired_bootstrap_ci(np.asarray(a, float), np.asarray(b, float))
-    return {"diff": round(float(d), 4), "ci": [round(float(lo), 4), round(float(hi), 4)]}
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -222,15 +216,11 @@ def run(args, log) -> dict:
             v = {k: np.array([users[u][k] for u in sorted(users)]) for k in WRITING_VARIANTS}
             row = {"n_users": len(users), **{k: round(float(v[k].mean()), 4) for k in WRITING_VARIANTS}}
             for a, b in (("own", "base"), ("own", "other"), ("own", "null"), ("null", "base")):
-                row[f"{a}_minus_{b}"] = diff_ci(v[a], v[b])
+                row[f"{a}_minus_{b}"] = paired_ci(v[a], v[b])
             result["writing"][name][task] = row
         log(f"{name}: writing scored")
     injector.remove()
     return result
-
-
-def _ci(d: dict) -> str:
-    return f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
 
 
 def render(r: dict, cmd: str) -> str:
@@ -262,8 +252,8 @@ def render(r: dict, cmd: str) -> str:
     for name, tasks in r["writing"].items():
         for task, row in tasks.items():
             lines.append(f"| {name} | {task} | {row['n_users']} | {row['base']:.3f} | {row['own']:.3f} "
-                         f"| {row['null']:.3f} | {row['other']:.3f} | {_ci(row['own_minus_base'])} "
-                         f"| {_ci(row['own_minus_other'])} | {_ci(row['own_minus_null'])} |")
+                         f"| {row['null']:.3f} | {row['other']:.3f} | {ci_cell(row['own_minus_base'])} "
+                         f"| {ci_cell(row['own_minus_other'])} | {ci_cell(row['own_minus_null'])} |")
     lines += ["", "## Sample replies (first prompts)", ""]
     names = list(r["preservation"])
     for i, prompt_reply in enumerate(b["replies"][:3]):

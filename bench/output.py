@@ -38,3 +38,18 @@ def run_and_write(module: str, run: Callable, render: Callable[[dict, str], str]
     r["wall_s"] = round(time.time() - t0)
     print(write_result(args.out, r, render, module, argv))
     return 0
+
+
+def paired_ci(a, b) -> dict:
+    """{"diff": mean(a - b), "ci": [lo, hi]}: paired 95% bootstrap over users (a[i], b[i] belong to user i)."""
+    import numpy as np
+
+    from p2p_edge import metrics as M
+
+    d, lo, hi = M.paired_bootstrap_ci(np.asarray(a, float), np.asarray(b, float))
+    return {"diff": round(float(d), 4), "ci": [round(float(lo), 4), round(float(hi), 4)]}
+
+
+def ci_cell(d: dict) -> str:
+    """A paired_ci as a table cell: +0.123 [+0.045, +0.201]."""
+    return f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"

@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.output import write_result
-from p2p_edge import metrics as M
+from bench.output import ci_cell, paired_ci, write_result
 from p2p_edge.errors import InputError
 
 VARIANTS = ("base", "own", "shuffled")
@@ -51,8 +50,7 @@ def summarise(per_user: dict[str, dict[str, dict]]) -> dict:
         row = {"n_users": len(users), "n_tokens": sum(users[u]["own"][1] for u in users)}
         row.update({k: round(float(v[k].mean()), 4) for k in VARIANTS})
         for name, a, b in (("own_minus_base", "own", "base"), ("own_minus_shuffled", "own", "shuffled")):
-            d, lo, hi = M.paired_bootstrap_ci(v[a], v[b])
-            row[name] = {"diff": round(float(d), 4), "ci": [round(float(lo), 4), round(float(hi), 4)]}
+            row[name] = paired_ci(v[a], v[b])
         out[task] = row
     return out
 
@@ -65,8 +63,7 @@ def render(r: dict, cmd: str) -> str:
              "| task | users | target tokens | base | P2P | P2P, shuffled | P2P minus base [95% CI] "
              "| P2P minus shuffled [95% CI] |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for task, row in r["tasks"].items():
-        gaps = [f"{row[k]['diff']:+.3f} [{row[k]['ci'][0]:+.3f}, {row[k]['ci'][1]:+.3f}]"
-                for k in ("own_minus_base", "own_minus_shuffled")]
+        gaps = [ci_cell(row[k]) for k in ("own_minus_base", "own_minus_shuffled")]
         lines.append(f"| {task} | {row['n_users']} | {row['n_tokens']} | {row['base']:.3f} | {row['own']:.3f} "
                      f"| {row['shuffled']:.3f} | {gaps[0]} | {gaps[1]} |")
     return "\n".join(lines) + "\n"
