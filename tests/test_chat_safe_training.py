@@ -48,18 +48,47 @@ def test_a_long_target_cut_for_cpu_does_not_train_the_end_of_the_turn():
     assert targets(tok, ids, labels) == ["red", "<|im_end|>"]
 
 
-def test_preservation_rows_are_their_own_token_mean_times_the_weight():
+def loss_setup():
+    """The tiny model, a hypernet whose B head is still zero (delta W = 0), two task rows and two preservation rows."""
     tok = tiny_tokenizer()
     model = tiny_llama(len(tok))
     hc = HyperNetConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (32, 32), "v_proj": (32, 16)},
                         hidden=32, dropout=0.0, a_init_scale=1.0)
     gen = HyperNet(hc)
-    for head in gen.head_b.values():
-        torch.nn.init.normal_(head.weight, std=0.5)
     inj = LoraInjector(model, hc.modules, hc.alpha, hc.rank)
-    emb = torch.randn(2, 8)
     task = [Row(*encode_example(tok, "write a title", "red", 32), user=0)] * 2
     keep = [Row(*encode_example(tok, "review", "good bad red blue good", 32, 16), user=1)] * 2
+    return tok, model, gen, inj, torch.randn(2, 8), task, keep
+
+
+def move_b(gen):
+    """A non-zero LoRA, so profiles and the preservation terms matter."""
+    for head in gen.head_b.values():
+        torch.nn.init.normal_(head.weight, std=0.5)
+
+
+def train_without_and_with_preservation(tmp_path, **preserve):
+    """(tok, model, emb, keep rows, hypernet trained on task rows only, hypernet trained with `preserve`'s settings)
+    on the same task rows (a short answer) and one preservation row (another prompt, a long reply)."""
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    emb = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    rows = [Row(*encode_example(tok, "write a title for this review", "red", 32), user=u) for u in (0, 1)] * 4
+    keep = [Row(*encode_example(tok, "the guitar", "good bread strings blue good", 32, 16), user=-1)]
+    plain = train(tiny_cfg(tmp_path / "a", steps=40), model, tok, rows, rows[:2], emb, out_dir=tmp_path / "a",
+                  meta={}, progress=False, log=lambda *_: None)
+    kept = train(tiny_cfg(tmp_path / "b", steps=40, preserve_fraction=0.25, preserve_replies="x", **preserve), model,
+                 tok, rows, rows[:2], emb, out_dir=tmp_path / "b", meta={}, progress=False, log=lambda *_: None,
+                 keep_rows=keep)
+    with pytest.raises(ValueError, match="keep_rows"):
+        train(tiny_cfg(tmp_path / "c", steps=2, preserve_fraction=0.25, preserve_replies="x"), model, tok, rows,
+              rows[:2], emb, out_dir=tmp_path / "c", meta={}, progress=False, log=lambda *_: None)
+    return tok, model, emb, keep, plain, kept
+
+
+def test_preservation_rows_are_their_own_token_mean_times_the_weight():
+    tok, model, gen, inj, emb, task, keep = loss_setup()
+    move_b(gen)
     with torch.no_grad():
         lt = float(sft_loss(model, inj, gen, emb, collate(task, tok.pad_token_id)))
         lk = float(sft_loss(model, inj, gen, emb, collate(keep, tok.pad_token_id)))
@@ -75,11 +104,7 @@ def test_preservation_rows_are_their_own_token_mean_times_the_weight():
 def test_training_with_preservation_rows_keeps_the_base_reply_and_learns_the_task(tmp_path):
     """Task rows teach a short answer; preservation rows (another prompt, the base model's long reply) under random
     users' profiles keep that prompt's reply likely: without them the adapter's reply to it drifts."""
-    tok = tiny_tokenizer()
-    model = tiny_llama(len(tok))
-    emb = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
-    rows = [Row(*encode_example(tok, "write a title for this review", "red", 32), user=u) for u in (0, 1)] * 4
-    keep = [Row(*encode_example(tok, "the guitar", "good bread strings blue good", 32, 16), user=-1)]
+    tok, model, emb, keep, plain, kept = train_without_and_with_preservation(tmp_path)
 
     def keep_loss(gen):
         inj = LoraInjector(model, gen.cfg.modules, gen.cfg.alpha, gen.cfg.rank)
@@ -89,14 +114,7 @@ def test_training_with_preservation_rows_keeps_the_base_reply_and_learns_the_tas
         inj.remove()
         return v
 
-    plain = train(tiny_cfg(tmp_path / "a", steps=40), model, tok, rows, rows[:2], emb, out_dir=tmp_path / "a",
-                  meta={}, progress=False, log=lambda *_: None)
-    kept = train(tiny_cfg(tmp_path / "b", steps=40, preserve_fraction=0.25, preserve_replies="x"), model, tok, rows,
-                 rows[:2], emb, out_dir=tmp_path / "b", meta={}, progress=False, log=lambda *_: None, keep_rows=keep)
     assert keep_loss(kept) < keep_loss(plain) - 0.5
-    with pytest.raises(ValueError, match="keep_rows"):
-        train(tiny_cfg(tmp_path / "c", steps=2, preserve_fraction=0.25, preserve_replies="x"), model, tok, rows,
-              rows[:2], emb, out_dir=tmp_path / "c", meta={}, progress=False, log=lambda *_: None)
 
 
 def test_an_overlay_config_holds_only_its_changes_and_paths_stay_relative_to_their_file(tmp_path):
@@ -158,20 +176,11 @@ def test_the_open_eval_prompts_are_never_trained_on():
 def test_the_kl_preservation_term_is_zero_at_the_base_model_and_positive_away_from_it():
     from p2p_edge.train.loop import keep_kl_term
 
-    tok = tiny_tokenizer()
-    model = tiny_llama(len(tok))
-    hc = HyperNetConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (32, 32), "v_proj": (32, 16)},
-                        hidden=32, dropout=0.0, a_init_scale=1.0)
-    gen = HyperNet(hc)   # B's head starts at zero: delta W = 0, the base model
-    inj = LoraInjector(model, hc.modules, hc.alpha, hc.rank)
-    emb = torch.randn(2, 8)
-    task = [Row(*encode_example(tok, "write a title", "red", 32), user=0)] * 2
-    keep = [Row(*encode_example(tok, "review", "good bad red blue good", 32, 16), user=1)] * 2
+    tok, model, gen, inj, emb, task, keep = loss_setup()   # B's head starts at zero: delta W = 0, the base model
     ids, mask, labels, users = collate(keep, tok.pad_token_id)
     with torch.no_grad():
         assert float(keep_kl_term(model, inj, gen, emb[users], ids, mask, labels)) == pytest.approx(0.0, abs=1e-6)
-    for head in gen.head_b.values():
-        torch.nn.init.normal_(head.weight, std=0.5)
+    move_b(gen)
     with torch.no_grad():
         kl = float(keep_kl_term(model, inj, gen, emb[users], ids, mask, labels))
         lt = float(sft_loss(model, inj, gen, emb, collate(task, tok.pad_token_id)))
@@ -185,11 +194,8 @@ def test_the_kl_preservation_term_is_zero_at_the_base_model_and_positive_away_fr
 def test_training_with_the_kl_term_stays_nearer_the_base_model_on_preserved_prompts(tmp_path):
     from p2p_edge.train.loop import keep_kl_term
 
-    tok = tiny_tokenizer()
-    model = tiny_llama(len(tok))
-    emb = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
-    rows = [Row(*encode_example(tok, "write a title for this review", "red", 32), user=u) for u in (0, 1)] * 4
-    keep = [Row(*encode_example(tok, "the guitar", "good bread strings blue good", 32, 16), user=-1)]
+    tok, model, emb, keep, plain, kept = train_without_and_with_preservation(tmp_path, preserve_loss="kl",
+                                                                              preserve_weight=2.0)
 
     def kl(gen):
         inj = LoraInjector(model, gen.cfg.modules, gen.cfg.alpha, gen.cfg.rank)
@@ -199,9 +205,4 @@ def test_training_with_the_kl_term_stays_nearer_the_base_model_on_preserved_prom
         inj.remove()
         return v
 
-    plain = train(tiny_cfg(tmp_path / "a", steps=40), model, tok, rows, rows[:2], emb, out_dir=tmp_path / "a",
-                  meta={}, progress=False, log=lambda *_: None)
-    kept = train(tiny_cfg(tmp_path / "b", steps=40, preserve_fraction=0.25, preserve_replies="x", preserve_loss="kl",
-                          preserve_weight=2.0), model, tok, rows, rows[:2], emb, out_dir=tmp_path / "b", meta={},
-                 progress=False, log=lambda *_: None, keep_rows=keep)
     assert kl(kept) < 0.75 * kl(plain)
