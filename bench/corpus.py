@@ -12,7 +12,7 @@ from pathlib import Path
 
 from p2p_edge.errors import P2PError
 from p2p_edge.train.config import Config, dataset_name, load_config
-from p2p_edge.train.data import load_splits
+from p2p_edge.eval.splits import load_splits
 from p2p_edge.train.profiles import build_summaries, load_summaries, profile_items, read_user_file, subsample_users
 
 SPLITS = ("random", "ood")
@@ -33,7 +33,7 @@ def held_out_users(cfg: Config, per_split_dataset: int = 0) -> dict[str, list[st
 
 
 def dataset_paths(cfg: Config) -> dict[str, Path]:
-    from p2p_edge.tasks import load_config as load_task_config
+    from p2p_edge.eval.task_config import load_config as load_task_config
 
     tcfg = load_task_config(cfg.resolve(cfg.tasks_config))
     names = cfg.tasks or list(tcfg.tasks)

@@ -18,11 +18,12 @@ import sys
 from pathlib import Path
 
 from bench.output import write_result
-from p2p_edge import metrics as M
+from p2p_edge.eval import metrics as M
 from p2p_edge.errors import InputError
-from p2p_edge.tasks import has_value, load_config as load_tasks
+from p2p_edge.eval.task import has_value
+from p2p_edge.eval.task_config import load_config as load_tasks
 from p2p_edge.train.config import dataset_name
-from p2p_edge.train.data import read_users
+from p2p_edge.eval.corpus import read_users
 
 
 def copied_share(answer: str | None, article: str) -> float | None:
@@ -49,8 +50,8 @@ def article_index(dataset: Path, task) -> dict[tuple[str, str], str]:
 
 def summarize(answers: dict, task, articles: dict[tuple[str, str], str]) -> dict:
     """method -> numbers for one report's answers of `task` (a Task). ROUGE-1 and its paired CI against the base
-    model are the reports' own (evaluate.paired_diff: queries pooled within users, users resampled)."""
-    from p2p_edge.evaluate import paired_diff
+    model are the reports' own (stats.paired_diff: queries pooled within users, users resampled)."""
+    from p2p_edge.eval.stats import paired_diff
 
     if "base" not in answers:
         raise ValueError("no base answers to compare with")

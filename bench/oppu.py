@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from p2p_edge.adapter import LoraWeights, write_adapter
+from p2p_edge.gguf import LoraWeights, write_adapter
 from p2p_edge.train.config import dataset_name
-from p2p_edge.train.loop import Row, collate, encode_example, target_losses
+from p2p_edge.train.lm import Row, collate, encode_example, target_losses
 from p2p_edge.train.model import find_decoder_layers
 
 ADAPTER_NAME = "default"
@@ -135,7 +135,7 @@ class OppuTrainer:
         """A trainer on `load_base(train_config)`: by default the bundled SmolLM2 GGUF, dequantized (what
         llama.cpp runs). The base model's meta (id, sha256, ...) is in `.meta`."""
         from p2p_edge.train.config import Config
-        from p2p_edge.train.loop import load_base
+        from p2p_edge.train.lm import load_base
 
         model, tok, meta = load_base(train_config or Config())
         trainer = cls(model, tok, cfg)
@@ -162,14 +162,6 @@ class OppuTrainer:
         ids, mask, labels, _ = collate(rows, self.tok.pad_token_id)
         tok, valid = target_losses(self.model.get_base_model(), ids, mask, labels)   # peft wraps q/v in place
         return tok.sum() / valid.sum().clamp(min=1)
-
-    def eval_loss(self, examples: Sequence[tuple[str, str]]) -> float:
-        """Mean SFT loss (per target token, over batches) of the current adapter on `examples`."""
-        rows = self.encode(examples)
-        bs = self.cfg.batch_size
-        with torch.no_grad():
-            losses = [float(self._loss(rows[i:i + bs])) for i in range(0, len(rows), bs)]
-        return float(np.mean(losses))
 
     def fit(self, examples: Sequence[tuple[str, str]], seed: int | None = None) -> LoraWeights:
         """Train a fresh LoRA on one user's (prompt, target) examples; return it (float32, PEFT orientation,

@@ -44,7 +44,7 @@ def paired_ci(a, b) -> dict:
     """{"diff": mean(a - b), "ci": [lo, hi]}: paired 95% bootstrap over users (a[i], b[i] belong to user i)."""
     import numpy as np
 
-    from p2p_edge import metrics as M
+    from p2p_edge.eval import metrics as M
 
     d, lo, hi = M.paired_bootstrap_ci(np.asarray(a, float), np.asarray(b, float))
     return {"diff": round(float(d), 4), "ci": [round(float(lo), 4), round(float(hi), 4)]}

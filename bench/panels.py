@@ -1,8 +1,8 @@
 """Does a hypernet's profile effect hold from one panel of held-out users to the next?
 
 Candidates are gated on validation users and judged on test users: two disjoint panels of the same split, each
-of a dozen or so authors. This reads the answers `p2p_edge.train.report` runs saved (answers_SPLIT.json: e.g. one
-run with --part val and one with --part test, or the test reports of k folds, p2p_edge.train.folds) and sets side
+of a dozen or so authors. This reads the answers `p2p_edge.lab.report` runs saved (answers_SPLIT.json: e.g. one
+run with --part val and one with --part test, or the test reports of k folds, p2p_edge.lab.folds) and sets side
 by side, per split and panel: each method's accuracy on a classification task (or ROUGE on a generation task,
 --metric), P2P with the user's own profile minus P2P with another held-out user's profile (the same donors as the
 report), P2P minus the prior rule, the base model and the MT-LoRA control where the report scored it (paired 95%
@@ -28,9 +28,9 @@ import sys
 from pathlib import Path
 
 from bench.output import write_result
-from p2p_edge import metrics as M
+from p2p_edge.eval import metrics as M
 from p2p_edge.errors import InputError
-from p2p_edge.evaluate import answer_changes, answer_changes_cells, paired_diff, to_json, user_metric_table
+from p2p_edge.eval.stats import answer_changes, answer_changes_cells, paired_diff, to_json, user_metric_table
 
 METHODS = ("base", "mt_lora", "p2p", "p2p_shuffled", "prior")
 
@@ -51,7 +51,7 @@ def load_answers(report: Path, split: str, task: str) -> dict[str, dict[str, lis
     """method -> user -> [(task, prediction, target)] for the users with at least one query of `task`."""
     path = report / f"answers_{split}.json"
     if not path.is_file():
-        raise InputError(path, "no such file (run p2p_edge.train.report with --out here first)")
+        raise InputError(path, "no such file (run p2p_edge.lab.report with --out here first)")
     raw = json.loads(path.read_text(encoding="utf-8"))
     missing = [m for m in ("p2p", "p2p_shuffled") if m not in raw]
     if missing:

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from p2p_edge.metrics import LOWER_IS_BETTER  # noqa: E402
+from p2p_edge.eval.metrics import LOWER_IS_BETTER  # noqa: E402
 
 COLORS = {"p2p_warm": "#1b9e77", "p2p_cold": "#66a61e", "oppu": "#d95f02"}
 

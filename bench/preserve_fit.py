@@ -33,14 +33,14 @@ def run(args, log) -> dict:
 
     from bench.chat import lora_tensors, pick_users, rows_nll
     from p2p_edge.encoder import Encoder
-    from p2p_edge.evaluate import null_profile_embedding
+    from p2p_edge.eval.answer import null_profile_embedding
     from p2p_edge.hypernet import Hypernet
     from p2p_edge.train.config import load_config
     from p2p_edge.train.dataset import load_corpus
-    from p2p_edge.train.loop import encode_example, load_base
+    from p2p_edge.train.lm import encode_example, load_base
     from p2p_edge.train.model import LoraInjector
     from p2p_edge.train.preserve import load_replies
-    from p2p_edge.train.select import both_splits, held_out_users
+    from p2p_edge.lab.select import both_splits, held_out_users
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)

@@ -7,7 +7,7 @@ A transparent non-LLM probe, so the hypernet's own-vs-shuffled-profile check has
 - p_user(c): the user's label counts over their PROFILE items, smoothed towards p_train with strength alpha;
 - (beta, alpha): chosen on validation users. beta = 0 is the text-only model, which no profile can move.
 The probe is scored like P2P in the reports: each split's test users with their own profile and with the same
-shuffled donors (evaluate.derangement, seed 1), paired 95% bootstrap CI over users of own minus shuffled.
+shuffled donors (answer.derangement, seed 1), paired 95% bootstrap CI over users of own minus shuffled.
 
 Power: the same probe cross-fitted over ALL users of the dataset (k folds of users; each fold scored by a model
 fit on the other folds) estimates the true own-minus-shuffled gain with many users; resampling n-user panels from
@@ -30,7 +30,8 @@ import numpy as np
 
 from bench.panels import load_answers
 from p2p_edge.errors import InputError
-from p2p_edge.evaluate import derangement, detectable, paired_diff, to_json, user_metric_table
+from p2p_edge.eval.answer import derangement
+from p2p_edge.eval.stats import detectable, paired_diff, to_json, user_metric_table
 from p2p_edge.fileio import atomic_write_text
 
 BETAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)

@@ -12,7 +12,9 @@ from typing import Callable
 
 import numpy as np
 
-from p2p_edge.evaluate import answer_changes, hypernet_adapters, run_adapter_method, score_split, to_json
+from p2p_edge.eval.stats import answer_changes, to_json
+
+from p2p_edge.eval.answer import hypernet_adapters, run_adapter_method, score_split
 from p2p_edge.profile import item_habits, item_text, profile_text, retrieve
 
 METHODS = ("base", "prior", "rag", "pag", "mt_lora", "oppu", "p2p", "p2p_shuffled", "p2p_summary_only",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from p2p_edge.evaluate import VERDICT_WORDS, answer_changes_cells, detectable, verdict
+from p2p_edge.eval.stats import VERDICT_WORDS, answer_changes_cells, detectable, verdict
 
 
 def _ci(d: dict, m: str) -> str:

@@ -83,7 +83,7 @@ def git_commit() -> str:
 
 def findings(q: dict) -> list[str]:
     """The issue's quality targets, checked on every task's primary metric (paired CI over users)."""
-    from p2p_edge.evaluate import VERDICT_WORDS, verdict
+    from p2p_edge.eval.stats import VERDICT_WORDS, verdict
 
     out = []
     targets = [("base", "beats the base model"), ("rag", "beats RAG"), ("mt_lora", "beats MT-LoRA"),
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cmd = ("python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
 
-    from p2p_edge.evaluate import limit_queries
+    from p2p_edge.eval.answer import limit_queries
     from p2p_edge.paths import encoder_dir
     from p2p_edge.train.config import check_card_profile
     from p2p_edge.train.profiles import subsample_users
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     check_card_profile(client.hypernet.card, cfg, str(client.hypernet.path))  # the corpus's vectors fit it
     models_load_ms = (time.perf_counter() - t) * 1e3
     # the card's id names the trained model; the sha names the exact file (fp16 and fp32 exports share an id)
-    hypernet_sha = client.hypernet.card.raw.get("onnx_sha256")
+    hypernet_sha = client.hypernet.card.onnx_sha256 or None
 
     def provenance(since: float) -> dict:
         return {"command": cmd, "commit": commit, "date": date.today().isoformat(), "wall_s": round(time.time() - since, 1),

@@ -3,7 +3,7 @@
 Decoded answers (ROUGE, accuracy) can tie the base model while the adapter has learned the task's targets; the
 likelihood tells the two apart. Per task, each held-out user's loss per target token (nats, the training loss on
 that user's reserved queries) with no adapter (base), with the hypernet's LoRA from the user's own profile, and from
-another held-out user's profile (the reports' donors: evaluate.derangement, seed 1); users weigh equally, paired 95%
+another held-out user's profile (the reports' donors: answer.derangement, seed 1); users weigh equally, paired 95%
 bootstrap CIs over users. Several runs (e.g. the k folds of a recipe, each with its own checkpoint and held-out
 users) are pooled. Torch on the checkpoints, fp32, no decoding: minutes on CPU.
 
@@ -30,7 +30,8 @@ VARIANTS = ("base", "own", "shuffled")
 def user_task_nll(model, injector, gen, emb: torch.Tensor, rows: list, donor_row: int, pad_id: int) -> dict:
     """One user's queries of one task (training Rows, all with the user's profile row): variant -> (summed
     target-token loss, target tokens), for no adapter, the own profile and the donor's."""
-    from p2p_edge.train.loop import collate, target_losses, token_losses
+    from p2p_edge.train.lm import collate, target_losses
+    from p2p_edge.train.losses import token_losses
 
     ids, mask, labels, users = collate(rows, pad_id)
     out = {}
@@ -82,11 +83,11 @@ def parse_run(spec: str) -> tuple[Path, Path]:
 def score_run(cfg_path: Path, ckpt: Path, split: str, tasks: list[str] | None, queries: int, encoder,
               base_cache: dict, log) -> dict:
     """task -> user -> variant -> (loss sum, tokens) for one run's held-out users of `split`."""
-    from p2p_edge.evaluate import derangement, limit_queries
+    from p2p_edge.eval.answer import derangement, limit_queries
     from p2p_edge.train.config import load_config
     from p2p_edge.train.dataset import load_corpus
-    from p2p_edge.train.loop import Row, encode_example, load_base
-    from p2p_edge.train.model import HyperNet, HyperNetConfig, LoraInjector
+    from p2p_edge.train.lm import Row, encode_example, load_base
+    from p2p_edge.train.model import HypernetModule, HypernetModuleConfig, LoraInjector
 
     cfg = load_config(cfg_path)
     ck = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -96,7 +97,7 @@ def score_run(cfg_path: Path, ckpt: Path, split: str, tasks: list[str] | None, q
         base_cache.clear()   # one base model in memory at a time
         base_cache[cfg.base.path] = load_base(cfg)
     model, tok, _ = base_cache[cfg.base.path]
-    gen = HyperNet(HyperNetConfig(**ck["config"]))
+    gen = HypernetModule(HypernetModuleConfig(**ck["config"]))
     gen.load_state_dict(ck["state_dict"])
     gen.eval()
     corpus = load_corpus(cfg, encoder, max_users=cfg.profiles.max_users)

@@ -22,7 +22,7 @@ def _trim(messages: list[dict]) -> list[dict]:
 
 def adapter_scale(adapter: Path) -> float:
     """The LoRA strength an adapter's hypernet card recommends for chat (written into the adapter; 1.0 if none)."""
-    from .adapter import read_adapter
+    from p2p_edge.gguf import read_adapter
 
     _, meta = read_adapter(adapter)
     try:

@@ -1,6 +1,6 @@
 """Sentence encoder on onnxruntime + tokenizers: mean-pool, L2-normalise (= sentence-transformers).
 
-The ONNX file comes from `python -m export.encoder`; the client never needs torch.
+The ONNX file comes from `python -m p2p_edge.export.encoder`; the client never needs torch.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class Encoder:
         card_path = self.dir / "encoder.json"
         if not card_path.is_file():
             raise ModelFileError(
-                f"{self.dir}: no exported sentence encoder here; run `python -m export.encoder` "
+                f"{self.dir}: no exported sentence encoder here; run `python -m p2p_edge.export.encoder` "
                 "(needs pip install -e '.[export]') or set P2P_EDGE_ENCODER"
             )
         try:

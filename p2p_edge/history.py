@@ -63,7 +63,7 @@ from typing import Iterator
 
 from .errors import InputError
 
-__all__ = ["HistoryItem", "History", "iter_history", "load_history", "KNOWN_FIELDS"]
+__all__ = ["HistoryItem", "History", "load_history", "KNOWN_FIELDS"]
 
 KNOWN_FIELDS = frozenset({"text", "id", "time", "title", "label", "rating", "prompt", "input", "output"})
 
@@ -97,10 +97,6 @@ class History:
     label_counts: dict[str, int]  # over all items in the file
     rating_sum: float
     rating_count: int
-
-    @property
-    def rating_mean(self) -> float | None:
-        return self.rating_sum / self.rating_count if self.rating_count else None
 
 
 # --------------------------------------------------------------------------- reading
@@ -388,15 +384,6 @@ def _parse_item(obj, lineno: int, err) -> HistoryItem:
 
 
 # --------------------------------------------------------------------------- public API
-
-
-def iter_history(path, *, max_line_bytes: int = 1 << 20) -> Iterator[HistoryItem]:
-    """Yield the items of a history file one by one, in file order, validating each line.
-
-    Streams with bounded memory. Raises InputError (naming the line and field) at the first
-    bad line, after yielding the items before it; raises InputError if the file has no items.
-    """
-    yield from _Scan(path, max_line_bytes).items()
 
 
 def load_history(path, *, keep_last: int = 512, max_items: int = 10_000_000,

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
-from .adapter import write_adapter
+from p2p_edge.gguf import write_adapter
 from .errors import InputError, ModelFileError
 from .fileio import atomic_write_text, ensure_private_dir, remove_temps
 from .history import History, load_history
@@ -193,7 +193,7 @@ class Client:
             "habits_weight": card.habits_weight,
             "embedding_model": self.encoder.name,
             "hypernet": {"id": card.id, "path": str(self.hypernet.path), "rank": card.rank, "alpha": card.alpha},
-            "base_model": {"id": card.raw["base_model"].get("id", self.base.name),  # check_base: same sha
+            "base_model": {"id": card.base_model.get("id", self.base.name),  # check_base: same sha
                            "name": self.base.name, "path": str(self.llm.model_path), "sha256": self.base.sha256},
             "history": {"path": str(Path(history.path).resolve()) if history.path is not None else None,  # None: not a file
                         "sha256": history.sha256, "n_items": history.n_items,

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .adapter import validate_adapter
+from p2p_edge.gguf import validate_adapter
 from .base import BaseSpec, read_base_spec
 from .errors import ModelFileError
 from .paths import cache_dir, default_base_model

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))           # `export` scripts live beside the package
-sys.path.insert(0, str(Path(__file__).parent))  # test helpers (hypernet_fixture)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -38,7 +35,7 @@ def encoder_dir(tmp_path_factory) -> Path:
     if (d / "encoder.json").is_file():
         return d
     pytest.importorskip("optimum.onnxruntime")
-    from export.encoder import export_encoder
+    from p2p_edge.export.encoder import export_encoder
 
     return export_encoder(tmp_path_factory.mktemp("encoder") / "all-MiniLM-L6-v2")
 
@@ -83,3 +80,14 @@ def llm(base_model_path):
 
 
 EXAMPLE_HISTORY = ROOT / "examples" / "history.jsonl"
+
+
+# Fixtures that load a real model (the bundled SmolLM2 GGUF through llama.cpp, or the exported MiniLM encoder):
+# every test using one is `slow`, so `pytest -m "not slow"` is the fast suite on tiny random models.
+REAL_MODEL_FIXTURES = frozenset({"llm", "encoder_dir", "use_encoder", "random_hypernet_path"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

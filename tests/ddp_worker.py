@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 
 from test_train import tiny_cfg, tiny_llama, tiny_tokenizer, two_user_rows  # noqa: E402
 
-from p2p_edge.train.loop import train  # noqa: E402
+from p2p_edge.train.loop import train
 
 
 def main(out: str, batch: int, steps: int = 6) -> None:

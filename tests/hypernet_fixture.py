@@ -9,18 +9,18 @@ from pathlib import Path
 
 import torch
 
-from export.hypernet import export_onnx, write_card
+from p2p_edge.export.hypernet import export_onnx, write_card
 from p2p_edge.base import BaseSpec
-from p2p_edge.train.model import HyperNet, HyperNetConfig
+from p2p_edge.train.model import HypernetModule, HypernetModuleConfig
 
 
 def random_hypernet(base: BaseSpec, *, emb_dim: int = 384, hidden: int = 32, seed: int = 0,
-                    b_scale: float = 0.02, shared_lora: bool = False) -> HyperNet:
+                    b_scale: float = 0.02, shared_lora: bool = False) -> HypernetModule:
     torch.manual_seed(seed)
-    cfg = HyperNetConfig(emb_dim=emb_dim, n_layers=base.n_layers,
+    cfg = HypernetModuleConfig(emb_dim=emb_dim, n_layers=base.n_layers,
                          module_shapes={m: s for m, s in base.module_shapes().items()}, hidden=hidden,
                          shared_lora=shared_lora)
-    model = HyperNet(cfg)
+    model = HypernetModule(cfg)
     for m in cfg.modules:
         torch.nn.init.normal_(model.head_b[m].weight, std=b_scale)
         if shared_lora:
@@ -29,7 +29,7 @@ def random_hypernet(base: BaseSpec, *, emb_dim: int = 384, hidden: int = 32, see
 
 
 def export_random_hypernet(base: BaseSpec, out: Path, *, encoder_name: str = "sentence-transformers/all-MiniLM-L6-v2",
-                           fp16: bool = False, **kw) -> tuple[HyperNet, Path]:
+                           fp16: bool = False, **kw) -> tuple[HypernetModule, Path]:
     model = random_hypernet(base, **kw)
     export_onnx(model, out, fp16=fp16)
     meta = {

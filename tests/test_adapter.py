@@ -13,7 +13,7 @@ from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2p_edge.adapter import (
+from p2p_edge.gguf import (
     GGUF_NAMES,
     TARGET_MODULES,
     LoraWeights,

@@ -29,7 +29,7 @@ def test_the_null_profile_is_the_clients_profile_for_no_history():
             self.seen = texts
             return np.ones((len(texts), 3), np.float32)
 
-    from p2p_edge.evaluate import null_profile_embedding
+    from p2p_edge.eval.answer import null_profile_embedding
 
     e = Enc()
     null_profile_embedding(e)
@@ -38,7 +38,7 @@ def test_the_null_profile_is_the_clients_profile_for_no_history():
 
 def test_lora_tensors_add_the_batch_axis_the_injector_expects():
     torch = pytest.importorskip("torch")
-    from p2p_edge.adapter import LoraWeights
+    from p2p_edge.gguf import LoraWeights
 
     lw = LoraWeights(rank=2, alpha=4.0, a={"q_proj": np.zeros((3, 2, 5), np.float32)},
                      b={"q_proj": np.zeros((3, 5, 2), np.float32)})

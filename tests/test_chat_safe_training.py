@@ -13,8 +13,10 @@ pytest.importorskip("transformers")
 
 from p2p_edge.errors import InputError  # noqa: E402
 from p2p_edge.train.config import load_config  # noqa: E402
-from p2p_edge.train.loop import Row, collate, encode_example, sft_loss, train  # noqa: E402
-from p2p_edge.train.model import HyperNet, HyperNetConfig, LoraInjector  # noqa: E402
+from p2p_edge.train.lm import Row, collate, encode_example
+from p2p_edge.train.losses import sft_loss
+from p2p_edge.train.loop import train
+from p2p_edge.train.model import HypernetModule, HypernetModuleConfig, LoraInjector  # noqa: E402
 from p2p_edge.train.preserve import load_replies, read_prompts  # noqa: E402
 from tests.test_train import tiny_cfg, tiny_llama, tiny_tokenizer  # noqa: E402
 
@@ -52,9 +54,9 @@ def loss_setup():
     """The tiny model, a hypernet whose B head is still zero (delta W = 0), two task rows and two preservation rows."""
     tok = tiny_tokenizer()
     model = tiny_llama(len(tok))
-    hc = HyperNetConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (32, 32), "v_proj": (32, 16)},
+    hc = HypernetModuleConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (32, 32), "v_proj": (32, 16)},
                         hidden=32, dropout=0.0, a_init_scale=1.0)
-    gen = HyperNet(hc)
+    gen = HypernetModule(hc)
     inj = LoraInjector(model, hc.modules, hc.alpha, hc.rank)
     task = [Row(*encode_example(tok, "write a title", "red", 32), user=0)] * 2
     keep = [Row(*encode_example(tok, "review", "good bad red blue good", 32, 16), user=1)] * 2
@@ -174,7 +176,7 @@ def test_the_open_eval_prompts_are_never_trained_on():
 
 
 def test_the_kl_preservation_term_is_zero_at_the_base_model_and_positive_away_from_it():
-    from p2p_edge.train.loop import keep_kl_term
+    from p2p_edge.train.losses import keep_kl_term
 
     tok, model, gen, inj, emb, task, keep = loss_setup()   # B's head starts at zero: delta W = 0, the base model
     ids, mask, labels, users = collate(keep, tok.pad_token_id)
@@ -192,7 +194,7 @@ def test_the_kl_preservation_term_is_zero_at_the_base_model_and_positive_away_fr
 
 
 def test_training_with_the_kl_term_stays_nearer_the_base_model_on_preserved_prompts(tmp_path):
-    from p2p_edge.train.loop import keep_kl_term
+    from p2p_edge.train.losses import keep_kl_term
 
     tok, model, emb, keep, plain, kept = train_without_and_with_preservation(tmp_path, preserve_loss="kl",
                                                                               preserve_weight=2.0)

@@ -86,7 +86,7 @@ def hyp(random_hypernet_path) -> Path:
 def check_outputs(out: Path, doc: dict, base_spec, encoder_dir: Path, history: Path = EXAMPLE_HISTORY,
                   dir_mode: int = 0o700) -> dict:
     """The one JSON object printed by --json, and the files it names."""
-    from p2p_edge.adapter import read_adapter
+    from p2p_edge.gguf import read_adapter
 
     assert {"adapter", "profile", "timings_ms"} <= set(doc)
     adapter, prof_path = Path(doc["adapter"]), Path(doc["profile"])
@@ -166,7 +166,7 @@ def test_no_summary_uses_the_most_recent_items(shared_llm, hyp, tmp_path):
 
 
 def test_top_k_and_dtype(shared_llm, hyp, tmp_path, base_spec):
-    from p2p_edge.adapter import read_adapter
+    from p2p_edge.gguf import read_adapter
 
     r16 = invoke("personalize", EXAMPLE_HISTORY, "--hypernet", hyp, "--summary", SUMMARY, "--json",
                  "--out", tmp_path / "a", "--top-k", "5")
@@ -226,7 +226,7 @@ def test_personalize_subprocess_never_imports_torch(subprocess_run):
 
 def test_client_modules_do_not_import_torch():
     code = ("import sys, p2p_edge.cli, p2p_edge.personalize, p2p_edge.chat, p2p_edge.runtime, p2p_edge.encoder, "
-            "p2p_edge.hypernet, p2p_edge.adapter, p2p_edge.profile, p2p_edge.history; "
+            "p2p_edge.hypernet, p2p_edge.gguf, p2p_edge.profile, p2p_edge.history; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', "
             "'sentence_transformers', 'optimum')))")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -454,7 +454,7 @@ def test_no_arguments_shows_help():
 def adapter_file(hyp, base_spec, tmp_path_factory) -> Path:
     import numpy as np
 
-    from p2p_edge.adapter import write_adapter
+    from p2p_edge.gguf import write_adapter
     from p2p_edge.hypernet import Hypernet
 
     e = np.random.default_rng(3).standard_normal(384).astype(np.float32)
@@ -562,7 +562,7 @@ def test_chat_compare_shows_base_and_personal_and_scale_sets_the_strength(shared
 
 
 def test_chat_scale_default_comes_from_the_adapter_and_is_checked(tmp_path, adapter_file, base_spec):
-    from p2p_edge.adapter import read_adapter, write_adapter
+    from p2p_edge.gguf import read_adapter, write_adapter
     from p2p_edge.chat import adapter_scale
 
     assert adapter_scale(adapter_file) == 1.0   # written without a chat_scale

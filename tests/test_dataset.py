@@ -8,7 +8,7 @@ import pytest
 
 from p2p_edge.errors import P2PError
 from p2p_edge.train.config import Config, ProfilesCfg
-from p2p_edge.train.data import load_splits, save_splits
+from p2p_edge.eval.splits import load_splits, save_splits
 from p2p_edge.train.dataset import load_corpus
 from p2p_edge.train.profiles import profile_items
 

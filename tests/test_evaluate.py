@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from hypothesis import given, strategies as st
 
-from p2p_edge.evaluate import derangement, limit_queries
+from p2p_edge.eval.answer import derangement, limit_queries
 
 
 @given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 30)), min_size=2, max_size=40, unique=True),
@@ -45,7 +45,7 @@ def test_limit_queries_bounds_generation_tasks_only():
 def test_validation_users_never_include_a_test_user_of_either_split():
     import pytest
     pytest.importorskip("torch")
-    from p2p_edge.train.select import score, validation_users
+    from p2p_edge.lab.select import score, validation_users
 
     splits = {"random": {"train": ["a"], "val": ["b", "c"], "test": ["d"]},
               "ood": {"train": ["a"], "val": ["b", "d"], "test": ["c"]}}

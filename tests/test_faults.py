@@ -57,7 +57,7 @@ def temps(d: Path) -> list[str]:
 
 def check_survivors(out: Path, old: dict[str, bytes], new_adapter: bytes, new_sha: str, base_spec) -> str:
     """Each output is the previous complete file or a complete new one; nothing else but the lock and temps."""
-    from p2p_edge.adapter import read_adapter, validate_adapter
+    from p2p_edge.gguf import read_adapter, validate_adapter
 
     data = (out / "adapter.gguf").read_bytes()
     assert data in (old["adapter.gguf"], new_adapter), f"adapter.gguf is neither the old nor the new one ({len(data)} B)"
@@ -142,7 +142,7 @@ def test_concurrent_runs_for_one_output_dir_wait_for_each_other(random_hypernet_
                                                                  base_spec):
     """Two runs start while a third party holds the dir's lock: both wait (and say so), neither writes; once
     released, both finish cleanly one after the other and the dir holds one run's adapter and its profile."""
-    from p2p_edge.adapter import read_adapter
+    from p2p_edge.gguf import read_adapter
 
     env = env_for(tmp_path / "home", encoder_dir)
     out = tmp_path / "out"

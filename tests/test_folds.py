@@ -1,4 +1,4 @@
-"""p2p_edge.train.folds: k-fold user splits and the relocated recipe that trains on them."""
+"""p2p_edge.lab.folds: k-fold user splits and the relocated recipe that trains on them."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2p_edge.train.config import load_config
-from p2p_edge.train.data import load_splits
-from p2p_edge.train.folds import dump_toml, fold_splits, main, relocated_config
+from p2p_edge.eval.splits import load_splits
+from p2p_edge.lab.folds import dump_toml, fold_splits, main, relocated_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

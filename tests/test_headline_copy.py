@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench import headline_copy as H
-from p2p_edge.tasks import load_config
+from p2p_edge.eval.task_config import load_config
 
 TASK = load_config(Path(__file__).resolve().parents[1] / "configs" / "tasks.toml").tasks["news_headline"]
 

@@ -53,20 +53,20 @@ def test_real_shape_fixture_parity(random_hypernet_path, base_spec):
 
 def test_zero_init_gives_zero_delta():
     """As in P2P/Text-to-LoRA, a fresh hypernet generates B = 0, so training starts from the base model."""
-    from p2p_edge.train.model import HyperNet, HyperNetConfig
+    from p2p_edge.train.model import HypernetModule, HypernetModuleConfig
 
     for shared in (False, True):
-        m = HyperNet(HyperNetConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (16, 16)}, shared_lora=shared))
+        m = HypernetModule(HypernetModuleConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (16, 16)}, shared_lora=shared))
         out = m(torch.randn(2, 8))
         assert torch.count_nonzero(out["q_proj.lora_b"]) == 0 and torch.count_nonzero(out["q_proj.lora_a"]) > 0
 
 
 def test_shared_lora_is_the_common_part():
     """With shared_lora, a zero trunk output leaves exactly the shared matrices, per layer; the profile adds to them."""
-    from p2p_edge.train.model import HyperNet, HyperNetConfig
+    from p2p_edge.train.model import HypernetModule, HypernetModuleConfig
 
     torch.manual_seed(0)
-    m = HyperNet(HyperNetConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (16, 12)}, shared_lora=True))
+    m = HypernetModule(HypernetModuleConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (16, 12)}, shared_lora=True))
     for head in (m.head_a["q_proj"], m.head_b["q_proj"]):
         torch.nn.init.zeros_(head.weight)
         torch.nn.init.zeros_(head.bias)
@@ -121,7 +121,7 @@ def test_corrupt_onnx_without_sha_check_still_one_line(tmp_path):
 @pytest.mark.parametrize("metrics,checkpoint,expect", [
     ("{not json", True, "--metrics"), (None, False, "no such checkpoint file"), ("missing", True, "--metrics")])
 def test_export_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, metrics, checkpoint, expect):
-    from export.hypernet import main as export_main
+    from p2p_edge.export.hypernet import main as export_main
 
     ckpt = tmp_path / "last.pt"
     if checkpoint:

@@ -5,7 +5,7 @@ On the real bundled SmolLM2 GGUF: a random r=8 LoRA on q_proj/v_proj of all laye
 logit deltas (LoRA - base) must correlate. The sharp check runs llama.cpp on an F32 copy of the base (the same
 weights torch sees), because the shipped Q4_1 base adds llama.cpp's own quantization noise (its Q4_1 matmuls
 quantize activations too). The q-only check proves the rope row permutation: without it the correlation
-collapses (DESIGN.md has the full table).
+collapses.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ transformers = pytest.importorskip("transformers", reason="transformers is not i
 from gguf import GGUFReader, GGUFValueType, GGUFWriter  # noqa: E402
 from gguf.quants import dequantize  # noqa: E402
 
-from p2p_edge.adapter import TARGET_MODULES, LoraWeights, write_adapter  # noqa: E402
+from p2p_edge.gguf import TARGET_MODULES, LoraWeights, write_adapter  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2p_edge import metrics as M
+from p2p_edge.eval import metrics as M
 
 
 def test_mae_rmse_basic():
@@ -118,9 +118,7 @@ def test_paired_bootstrap():
         M.paired_bootstrap_ci([1, 2], [1])
 
 
-def test_bootstrap_stat_and_group_means():
+def test_bootstrap_stat():
     vals = np.array([0.0, 1.0, 1.0, 0.0])
     res = M.bootstrap_stat(4, lambda idx: float(vals[idx].mean()), n=200)
     assert res["value"][0] == 0.5 and res["value"][1] <= 0.5 <= res["value"][2]
-    keys, means = M.group_means(["u1", "u2", "u1"], [1.0, 0.0, 0.0])
-    assert keys == ["u1", "u2"] and means.tolist() == [0.5, 0.0]

@@ -16,9 +16,9 @@ pytest.importorskip("peft")
 from test_train import tiny_llama, tiny_tokenizer  # noqa: E402  (tests/ is on sys.path, see conftest)
 
 from bench.oppu import OppuCfg, OppuTrainer, user_examples  # noqa: E402
-from p2p_edge.adapter import read_adapter  # noqa: E402
+from p2p_edge.gguf import read_adapter  # noqa: E402
 from p2p_edge.base import BaseSpec  # noqa: E402
-from p2p_edge.tasks import Task  # noqa: E402
+from p2p_edge.eval.task import Task  # noqa: E402
 from p2p_edge.train.dataset import Corpus, Example  # noqa: E402
 from p2p_edge.train.model import LoraInjector  # noqa: E402
 
@@ -53,12 +53,20 @@ def batch_ids(trainer, examples) -> torch.Tensor:
     return torch.tensor([r.ids[:n] for r in rows])
 
 
+def eval_loss(trainer, examples) -> float:
+    """Mean SFT loss (per target token, over batches) of the trainer's current adapter on ``examples``."""
+    rows = trainer.encode(examples)
+    bs = trainer.cfg.batch_size
+    with torch.no_grad():
+        return float(np.mean([float(trainer._loss(rows[i:i + bs])) for i in range(0, len(rows), bs)]))
+
+
 def test_fit_lowers_the_sft_loss_on_the_users_examples():
     trainer, _ = tiny_trainer()
     trainer.reset()
-    before = trainer.eval_loss(USER_1)  # B = 0: the base model's loss
+    before = eval_loss(trainer, USER_1)  # B = 0: the base model's loss
     lora = trainer.fit(USER_1)
-    after = trainer.eval_loss(USER_1)
+    after = eval_loss(trainer, USER_1)
     assert after < before - 0.3  # 3.33 -> 2.94; the tiny random model plateaus near 2.8
     assert trainer.last_losses[-1] < trainer.last_losses[0] and len(trainer.last_losses) == 25
     assert set(lora.a) == {"q_proj", "v_proj"} and lora.rank == 8 and lora.alpha == 16.0

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("scipy")
 
 from bench.profile_signal import Probe, fit_softmax, log_softmax_scores, panel_power  # noqa: E402
-from p2p_edge.tasks import Task  # noqa: E402
+from p2p_edge.eval.task import Task  # noqa: E402
 
 
 def test_softmax_regression_fits_separable_classes():

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from p2p_edge.evaluate import checks, verdict
-from p2p_edge.train import report
+from p2p_edge.eval.stats import checks, verdict
+from p2p_edge.lab import report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def test_checks_use_only_each_tasks_primary_metric():
 
 
 def test_detectable_difference_scales_with_the_ci_width():
-    from p2p_edge.evaluate import detectable
+    from p2p_edge.eval.stats import detectable
 
     # 95% CI half-width 1.96 se -> 80% power at 2.80 se
     assert detectable([-0.196, 0.196]) == pytest.approx(0.28)
@@ -110,7 +110,7 @@ def _answers():
 
 
 def test_answer_changes_count_what_the_profile_moves():
-    from p2p_edge.evaluate import answer_changes
+    from p2p_edge.eval.stats import answer_changes
 
     got = answer_changes(_answers(), "p2p", "p2p_shuffled", {"cat": _Kind("classification"), "gen": _Kind("generation")})
     # cat: 4 queries, 3 changed; own profile right on 2 of them (u1 q1, u2 q1), shuffled on 1 (u2 q2; None is wrong)
@@ -119,7 +119,7 @@ def test_answer_changes_count_what_the_profile_moves():
 
 
 def test_answer_changes_refuse_misaligned_answers():
-    from p2p_edge.evaluate import answer_changes
+    from p2p_edge.eval.stats import answer_changes
 
     a = _answers()
     a["p2p_shuffled"]["u2"][0][2] = "B"  # another target: not the same query
@@ -233,7 +233,7 @@ def test_reuse_of_a_missing_or_broken_report_names_the_file(tmp_path, run_files)
 
 
 def _run_dir(tmp_path, split, train):
-    from p2p_edge.train.data import save_splits
+    from p2p_edge.eval.splits import save_splits
 
     run = tmp_path / "run"
     run.mkdir()
@@ -253,7 +253,7 @@ def test_a_checkpoint_is_never_scored_on_users_its_run_trained_on(tmp_path):
 
 
 def test_score_split_takes_known_answers_instead_of_rescoring(monkeypatch):
-    from p2p_edge import evaluate
+    from p2p_edge.eval import answer as evaluate
 
     def no_llm(*a, **k):
         raise AssertionError("rescored a known answer")

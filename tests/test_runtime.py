@@ -17,7 +17,7 @@ import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-from p2p_edge.adapter import write_adapter  # noqa: E402
+from p2p_edge.gguf import write_adapter  # noqa: E402
 from p2p_edge.errors import ModelFileError  # noqa: E402
 from p2p_edge.hypernet import Hypernet  # noqa: E402
 

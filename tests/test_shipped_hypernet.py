@@ -57,4 +57,4 @@ def test_the_bench_default_config_builds_the_vectors_it_was_trained_on(card):
     from p2p_edge.train.config import check_card_profile, load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "train_default.toml")
-    check_card_profile(HypernetCard(card, card_path_for(DEFAULT_HYPERNET)), cfg, "the shipped hypernet")
+    check_card_profile(HypernetCard.from_json(card, card_path_for(DEFAULT_HYPERNET)), cfg, "the shipped hypernet")

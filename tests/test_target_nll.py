@@ -8,18 +8,19 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from bench.target_nll import main, summarise, user_task_nll  # noqa: E402
-from p2p_edge.train.loop import Row, collate, encode_example, sft_loss  # noqa: E402
-from p2p_edge.train.model import HyperNet, HyperNetConfig, LoraInjector  # noqa: E402
+from p2p_edge.train.lm import Row, collate, encode_example
+from p2p_edge.train.losses import sft_loss
+from p2p_edge.train.model import HypernetModule, HypernetModuleConfig, LoraInjector  # noqa: E402
 from test_train import tiny_llama, tiny_tokenizer  # noqa: E402
 
 
 def setup(perturb: bool):
     tok = tiny_tokenizer()
     model = tiny_llama(len(tok))
-    hc = HyperNetConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (32, 32), "v_proj": (32, 16)},
+    hc = HypernetModuleConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (32, 32), "v_proj": (32, 16)},
                         hidden=32, dropout=0.0, a_init_scale=1.0)
     torch.manual_seed(1)
-    gen = HyperNet(hc).eval()
+    gen = HypernetModule(hc).eval()
     if perturb:   # the B heads start at zero (delta W = 0): move them so profiles matter
         with torch.no_grad():
             for p in gen.parameters():

@@ -11,9 +11,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from p2p_edge.train.config import Config, HypernetCfg, TrainCfg, load_config  # noqa: E402
-from p2p_edge.train.loop import Row, SharedLora, collate, encode_example, sft_loss, train  # noqa: E402
-from p2p_edge.train.model import HyperNet, HyperNetConfig, LoraInjector  # noqa: E402
+from p2p_edge.train.config import Config, HypernetSettings, TrainCfg, load_config  # noqa: E402
+from p2p_edge.train.lm import Row, collate, encode_example
+from p2p_edge.train.model import SharedLora
+from p2p_edge.train.losses import sft_loss
+from p2p_edge.train.loop import train
+from p2p_edge.train.model import HypernetModule, HypernetModuleConfig, LoraInjector  # noqa: E402
 
 WORDS = "review write a title for this the guitar bread strings red blue good bad 1 2 3 4 5".split()
 
@@ -47,7 +50,7 @@ def tiny_cfg(tmp_path: Path, **train_kw) -> Config:
     kw = dict(steps=60, batch_size=4, lr=3e-3, warmup=5, eval_every=30, save_every=30, val_examples=4,
               max_len=32, mixed_precision="no", threads=1)
     kw.update(train_kw)
-    return Config(out_dir=str(tmp_path), hypernet=HypernetCfg(hidden=32, dropout=0.0, a_init_scale=1.0),
+    return Config(out_dir=str(tmp_path), hypernet=HypernetSettings(hidden=32, dropout=0.0, a_init_scale=1.0),
                   train=TrainCfg(**kw))
 
 
@@ -86,7 +89,9 @@ def test_the_loss_on_target_positions_only_equals_the_loss_over_full_logits(arch
     import transformers
     from torch import nn
 
-    from p2p_edge.train.loop import IGNORE, token_losses
+    from p2p_edge.train.lm import IGNORE
+
+    from p2p_edge.train.losses import token_losses
 
     tok = tiny_tokenizer()
     if arch == "llama":
@@ -96,10 +101,10 @@ def test_the_loss_on_target_positions_only_equals_the_loss_over_full_logits(arch
         model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
             vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64)).requires_grad_(False).eval()
-    hc = HyperNetConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (32, 32), "v_proj": (32, 16)},
+    hc = HypernetModuleConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (32, 32), "v_proj": (32, 16)},
                         hidden=32, dropout=0.0, a_init_scale=1.0)
     torch.manual_seed(1)
-    gen, emb = HyperNet(hc), torch.randn(2, 8)
+    gen, emb = HypernetModule(hc), torch.randn(2, 8)
     with torch.no_grad():
         for p in gen.parameters():
             p.add_(0.1 * torch.randn_like(p))   # B heads start at zero: make the LoRA matter
@@ -123,9 +128,9 @@ def test_the_loss_on_target_positions_only_equals_the_loss_over_full_logits(arch
 def test_one_step_reduces_loss_on_fixed_batch():
     tok = tiny_tokenizer()
     model = tiny_llama(len(tok))
-    hc = HyperNetConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (32, 32), "v_proj": (32, 16)},
+    hc = HypernetModuleConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (32, 32), "v_proj": (32, 16)},
                         hidden=32, dropout=0.0, a_init_scale=1.0)
-    gen = HyperNet(hc)
+    gen = HypernetModule(hc)
     inj = LoraInjector(model, hc.modules, hc.alpha, hc.rank)
     emb = torch.randn(2, 8)
     batch = collate(two_user_rows(tok), tok.pad_token_id)
@@ -359,7 +364,7 @@ def test_every_shipped_config_parses_and_warm_starts_from_its_own_recipe(name):
 
 
 def test_profile_regularisers_only_perturb_when_asked():
-    from p2p_edge.train.loop import perturb_profiles
+    from p2p_edge.train.losses import perturb_profiles
 
     torch.manual_seed(0)
     e = torch.nn.functional.normalize(torch.randn(1000, 16), dim=-1)
@@ -408,9 +413,9 @@ def test_contrast_term_is_the_hinge_on_own_vs_other_profile():
     model = tiny_llama(len(tok))
     rows = two_user_rows(tok)
     emb = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32))
-    hcfg = HyperNetConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (32, 32), "v_proj": (32, 16)},
+    hcfg = HypernetModuleConfig(emb_dim=8, n_layers=2, module_shapes={"q_proj": (32, 32), "v_proj": (32, 16)},
                           hidden=32, dropout=0.0, a_init_scale=1.0)
-    gen = HyperNet(hcfg)
+    gen = HypernetModule(hcfg)
     for head in gen.head_b.values():   # a non-zero LoRA, so profiles matter
         torch.nn.init.normal_(head.weight, std=0.5)
     inj = LoraInjector(model, hcfg.modules, hcfg.alpha, hcfg.rank)
@@ -427,7 +432,7 @@ def test_contrast_term_is_the_hinge_on_own_vs_other_profile():
 
 
 def test_negative_pool_is_other_people_of_the_same_dataset():
-    from p2p_edge.train.loop import negative_pool
+    from p2p_edge.train.losses import negative_pool
 
     uids = ["news/a", "news/b", "news/a@5", "amazon/x", "amazon/y", "news/c"]
     index = {u: i for i, u in enumerate(uids)}
@@ -471,7 +476,8 @@ def test_an_evaluation_config_must_build_the_vectors_the_hypernet_was_trained_on
     from p2p_edge.train.config import check_card_profile
 
     def card(profile):
-        return HypernetCard(raw={"profile": profile}, path=tmp_path / "h.json")
+        return HypernetCard(id="h", emb_dim=4, rank=8, alpha=16.0, modules=("q_proj",), n_layers=1,
+                            module_shapes={"q_proj": (4, 4)}, base_model={}, encoder={"name": "e"}, profile=profile)
 
     p = tmp_path / "c.toml"
     p.write_text("[profiles]\nhabits_weight = 1.0\n")

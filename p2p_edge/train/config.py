@@ -32,7 +32,7 @@ class ProfilesCfg:
 
 
 @dataclass
-class HypernetCfg:
+class HypernetSettings:
     hidden: int = 256
     rank: int = 8
     alpha: float = 16.0
@@ -106,7 +106,7 @@ class Config:
     out_dir: str = "../runs/default"
     base: BaseCfg = field(default_factory=BaseCfg)
     profiles: ProfilesCfg = field(default_factory=ProfilesCfg)
-    hypernet: HypernetCfg = field(default_factory=HypernetCfg)
+    hypernet: HypernetSettings = field(default_factory=HypernetSettings)
     train: TrainCfg = field(default_factory=TrainCfg)
     source: str = ""
 
@@ -142,7 +142,7 @@ def _fill(cls, data: dict, path: Path, prefix: str):
     for k, v in data.items():
         if k not in known:
             raise InputError(path, f"unknown key '{prefix}{k}'", field=prefix + k)
-        sub = {"base": BaseCfg, "profiles": ProfilesCfg, "hypernet": HypernetCfg, "train": TrainCfg}.get(k)
+        sub = {"base": BaseCfg, "profiles": ProfilesCfg, "hypernet": HypernetSettings, "train": TrainCfg}.get(k)
         if sub is not None and cls is Config:
             if not isinstance(v, dict):
                 raise InputError(path, f"[{k}] must be a table", field=k)

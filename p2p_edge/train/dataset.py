@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import P2PError
-from ..tasks import Task, load_config as load_task_config
+from p2p_edge.eval.task import Task
+from p2p_edge.eval.task_config import load_config as load_task_config
 from .config import Config, dataset_name
-from .data import SPLIT_PARTS, load_splits, ood_split, random_split, read_users, resolve_task_labels
+from p2p_edge.eval.corpus import read_users, resolve_task_labels
+from p2p_edge.eval.splits import SPLIT_PARTS, load_splits, ood_split, random_split
 from .profiles import (VARIANTS, earlier_cuts, embed_profiles, load_summaries, n_query_items, profile_items,
                        subsample_users)
 

@@ -12,217 +12,19 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError, P2PError, TrainingDiverged
-from ..fileio import atomic_path, atomic_write_text, ensure_private_dir
-from .config import Config
-from .model import HyperNet, HyperNetConfig, LoraInjector
-
-IGNORE = -100
-
-
-# ---------------------------------------------------------------------------------------------- base model
-def load_base(cfg: Config, dtype=torch.float32):
-    """(model, tokenizer, base_meta). Default: the bundled SmolLM2 GGUF, dequantized by transformers,
-    so training sees the weights llama.cpp runs. Any HF llama/qwen2 directory works too."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..base import read_base_spec
-    from ..paths import DEFAULT_BASE_ID, cache_dir, default_base_model
-
-    path = Path(cfg.resolve(cfg.base.path)) if cfg.base.path else default_base_model()
-    if path.is_file() and path.suffix == ".gguf":
-        kw = dict(gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kw)
-        tok = AutoTokenizer.from_pretrained(path.parent, **kw)
-        spec = read_base_spec(path, cache_dir() / "sha256.json")
-        meta = {"id": DEFAULT_BASE_ID if not cfg.base.path else path.name, **spec.to_dict()}
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        tok = AutoTokenizer.from_pretrained(path)
-        meta = {"id": str(path), "name": path.name, "arch": model.config.model_type,
-                "n_layers": model.config.num_hidden_layers, "sha256": ""}
-    model.requires_grad_(False).eval()
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return model, tok, meta
-
-
-def module_shapes(model) -> dict[str, tuple[int, int]]:
-    attn = model.model.layers[0].self_attn
-    return {m: (getattr(attn, m).in_features, getattr(attn, m).out_features) for m in ("q_proj", "v_proj")}
-
-
-# --------------------------------------------------------------------------------------------- tokenizing
-def encode_example(tok, prompt: str, target: str, max_len: int, max_target_tokens: int = 0,
-                   system: str | None = None, finished: bool = True) -> tuple[list[int], list[int]]:
-    """Chat-formatted prompt + target + end-of-turn; loss only on the target tokens.
-    Over-long prompts are cut in the middle of the user text so the instruction at the end survives.
-    max_target_tokens = 0: the target is cut at max_len // 3 tokens and always ends the turn (the short-answer
-    recipes). > 0: cut there, and the end-of-turn token is trained only when the whole target fit (and `finished`):
-    a long text cut for CPU must not teach the model to stop mid-text."""
-    system_turn = [{"role": "system", "content": system}] if system else []
-
-    def ids_for(p):
-        return tok.apply_chat_template(system_turn + [{"role": "user", "content": p}], add_generation_prompt=True,
-                                       tokenize=True)
-
-    full = tok(target, add_special_tokens=False)["input_ids"]
-    tgt = full[: max_target_tokens or max_len // 3]
-    end = tok.convert_tokens_to_ids("<|im_end|>")
-    if not max_target_tokens or (len(tgt) == len(full) and finished):
-        tgt = tgt + ([end] if isinstance(end, int) and end >= 0 else [tok.eos_token_id])
-    p_ids = ids_for(prompt)
-    budget = max_len - len(tgt)
-    while len(p_ids) > budget and len(prompt) > 40:
-        cut = max(1, int(len(prompt) * (1 - budget / len(p_ids))) + 8)
-        head = prompt[: len(prompt) // 2 - cut // 2]
-        tail = prompt[len(prompt) // 2 + (cut - cut // 2):]
-        prompt = head + "…" + tail
-        p_ids = ids_for(prompt)
-    ids = (p_ids + tgt)[:max_len]
-    labels = ([IGNORE] * len(p_ids) + tgt)[:max_len]
-    return ids, labels
-
-
-@dataclass
-class Row:
-    ids: list[int]
-    labels: list[int]
-    user: int   # row index into the profile-embedding matrix (preservation rows: drawn per batch)
-
-
-def collate(rows: list[Row], pad_id: int):
-    n = max(len(r.ids) for r in rows)
-    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), n), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(rows), n), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r.ids)] = torch.tensor(r.ids)
-        labels[i, : len(r.labels)] = torch.tensor(r.labels)
-        mask[i, : len(r.ids)] = 1
-    return ids, mask, labels, torch.tensor([r.user for r in rows])
-
-
-# ------------------------------------------------------------------------------------------------ MT-LoRA
-class SharedLora(nn.Module):
-    """The MT-LoRA control: ONE LoRA for every user (same shapes, init and injection as the hypernet's)."""
-
-    def __init__(self, cfg: HyperNetConfig):
-        super().__init__()
-        self.cfg = cfg
-        L, r = cfg.n_layers, cfg.rank
-        self.a = nn.ParameterDict({m: nn.Parameter(torch.randn(L, r, s[0]) / math.sqrt(s[0])) for m, s in cfg.module_shapes.items()})
-        self.b = nn.ParameterDict({m: nn.Parameter(torch.zeros(L, s[1], r)) for m, s in cfg.module_shapes.items()})
-
-    def forward(self, e: torch.Tensor) -> dict[str, torch.Tensor]:
-        n = e.shape[0]
-        out = {}
-        for m in self.cfg.modules:
-            out[f"{m}.lora_a"] = self.a[m][None].expand(n, -1, -1, -1)
-            out[f"{m}.lora_b"] = self.b[m][None].expand(n, -1, -1, -1)
-        return out
-
-
-def perturb_profiles(e: torch.Tensor, noise: float, dropout: float) -> torch.Tensor:
-    """Training-time profile regularisers: Gaussian noise, and whole-profile dropout to the zero vector."""
-    if noise > 0:
-        e = e + noise * torch.randn_like(e)
-    if dropout > 0:
-        keep = (torch.rand(e.shape[0], 1, device=e.device) >= dropout).to(e.dtype)
-        e = e * keep
-    return e
-
-
-def target_losses(model, ids, mask, labels):
-    """(per-token SFT loss (n, T-1), target mask) of an HF causal LM (llama/qwen2: .model + .lm_head). The LM head
-    runs on the target positions only: a ~100-token prompt has a handful of target tokens, and projecting every
-    position onto the vocabulary was a third of a training step on CPU."""
-    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    tgt = labels[:, 1:]
-    valid = tgt != IGNORE
-    logits = model.lm_head(hidden[:, :-1][valid]).float()   # (targets, vocab)
-    tok = torch.zeros(valid.shape, dtype=logits.dtype, device=logits.device)
-    tok[valid] = nn.functional.cross_entropy(logits, tgt[valid], reduction="none")
-    return tok, valid
-
-
-def token_losses(model, injector: LoraInjector, gen: nn.Module, e: torch.Tensor, ids, mask, labels):
-    """target_losses with the LoRAs the generator makes from profile vectors e."""
-    with injector.use(gen(e)):
-        return target_losses(model, ids, mask, labels)
-
-
-def sft_loss(model, injector: LoraInjector, gen: nn.Module, emb: torch.Tensor, batch,
-             noise: float = 0.0, dropout: float = 0.0, negatives: torch.Tensor | None = None,
-             contrastive: float = 0.0, margin: float = 0.0, keep: torch.Tensor | None = None,
-             keep_weight: float = 0.0, keep_kl: bool = False) -> torch.Tensor:
-    """Mean target-token loss of the batch; with `negatives` (one other user per row) and contrastive > 0, plus
-    the profile-contrast hinge (see TrainCfg.contrastive). `keep` (bool per row) marks assistant-preservation rows
-    (the base model's own replies to open prompts): their token mean is a separate term, times keep_weight, so a
-    batch's long replies do not drown its short task answers (see TrainCfg.preserve_weight). keep_kl: that term is
-    the KL from the base model's next-token distribution to the adapted one on those rows (keep_kl_term) instead of
-    the loss of the reply's tokens."""
-    ids, mask, labels, users = batch
-    e = perturb_profiles(emb[users], noise, dropout)
-    has_keep = keep is not None and bool(keep.any())
-    if has_keep and keep_kl:   # the preservation rows leave the batch: the KL term below reads them on their own
-        kept = (e[keep], ids[keep], mask[keep], labels[keep])
-        t = ~keep
-        e, ids, mask, labels = e[t], ids[t], mask[t], labels[t]
-        negatives = negatives[t] if negatives is not None else None
-    tok, valid = token_losses(model, injector, gen, e, ids, mask, labels)
-    keep_term = None
-    if has_keep and keep_kl:
-        keep_term = keep_kl_term(model, injector, gen, *kept)
-    elif has_keep:
-        keep_v = valid & keep[:, None]
-        keep_term = (tok * keep_v).sum() / keep_v.sum().clamp(min=1)
-        valid = valid & ~keep[:, None]   # the task mean and the contrast below are about the user's own task rows
-    loss = (tok * valid).sum() / valid.sum().clamp(min=1)
-    if keep_term is not None:
-        loss = loss + keep_weight * keep_term
-    if negatives is None or contrastive <= 0:
-        return loss
-    neg, _ = token_losses(model, injector, gen, emb[negatives], ids, mask, labels)
-    n = valid.sum(1).clamp(min=1)
-    gap = (neg * valid).sum(1) / n - (tok * valid).sum(1) / n   # > 0: own profile fits better
-    return loss + contrastive * torch.relu(margin - gap).mean()
-
-
-def keep_kl_term(model, injector: LoraInjector, gen: nn.Module, e: torch.Tensor, ids, mask, labels) -> torch.Tensor:
-    """Mean over the target positions of KL(base || adapted) between next-token distributions. Fitting the base
-    model's sampled reply token by token rewards making those exact tokens likelier than the base model itself does,
-    and a hypernet can memorise a small prompt set that way (it did: bench/results/chat_candidate1_preserve_fit.md);
-    the KL is 0 exactly at the base model's behaviour, so it has nothing to memorise beyond it."""
-    valid = labels[:, 1:] != IGNORE
-    if not bool(valid.any()):
-        return torch.zeros((), device=ids.device)
-    with torch.no_grad(), injector.use(None):
-        hb = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        logp_base = torch.log_softmax(model.lm_head(hb[:, :-1][valid]).float(), -1)
-    with injector.use(gen(e)):
-        ha = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        logp = torch.log_softmax(model.lm_head(ha[:, :-1][valid]).float(), -1)
-    return (logp_base.exp() * (logp_base - logp)).sum(-1).mean()
-
-
-def negative_pool(train_uids: list[str], index: dict[str, int]) -> dict[int, list[int]]:
-    """Row index of each train user -> row indices of the OTHER train users of its dataset (contrast negatives;
-    an earlier cut "<dataset>/<user>@<n>" of the same user is not another user)."""
-    def person(u):
-        return u.split("@", 1)[0]
-
-    by_ds: dict[str, list[str]] = {}
-    for u in train_uids:
-        by_ds.setdefault(u.split("/", 1)[0], []).append(u)
-    return {index[u]: [index[v] for v in by_ds[u.split("/", 1)[0]] if person(v) != person(u)] for u in train_uids}
+from p2p_edge.errors import InputError, P2PError, TrainingDiverged
+from p2p_edge.fileio import atomic_path, atomic_write_text, ensure_private_dir
+from p2p_edge.train.config import Config
+from p2p_edge.train.lm import Row, collate, encode_example, load_base, module_shapes
+from p2p_edge.train.losses import negative_pool, sft_loss
+from p2p_edge.train.model import HypernetModule, HypernetModuleConfig, LoraInjector, SharedLora
 
 
 def lr_at(step: int, cfg) -> float:
@@ -251,9 +53,9 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
     rng = random.Random(t.seed)
     mp = t.mixed_precision if t.mixed_precision != "fp16" or torch.cuda.is_available() else "no"
     acc = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
-    hcfg = HyperNetConfig(emb_dim=emb.shape[1], n_layers=len(model.model.layers), module_shapes=module_shapes(model),
+    hcfg = HypernetModuleConfig(emb_dim=emb.shape[1], n_layers=len(model.model.layers), module_shapes=module_shapes(model),
                           **asdict(cfg.hypernet))
-    gen = HyperNet(hcfg) if t.method == "p2p" else SharedLora(hcfg)
+    gen = HypernetModule(hcfg) if t.method == "p2p" else SharedLora(hcfg)
     contrast = t.contrastive > 0 and t.method == "p2p"   # a shared LoRA gives every profile the same loss
     if contrast and not negatives:
         raise ValueError("train.contrastive > 0 needs negatives (other train users' rows)")
@@ -474,7 +276,7 @@ def run(config_path: Path, *, log=print) -> Path:
     """`p2p-edge train --config CONFIG`: data -> profiles -> train -> checkpoint (+ splits, config copy)."""
     from ..encoder import Encoder
     from .config import load_config
-    from .data import save_splits
+    from p2p_edge.eval.splits import save_splits
     from .dataset import load_corpus
 
     cfg = load_config(config_path)

@@ -1,6 +1,6 @@
 """The P2P hypernetwork (torch) and the functional LoRA injection into a frozen HF causal LM.
 
-HyperNet: [profile embedding e ; module-type emb(m) ; layer-depth emb(l)] -> MLP trunk -> per-module heads
+HypernetModule: [profile embedding e ; module-type emb(m) ; layer-depth emb(l)] -> MLP trunk -> per-module heads
 -> flattened (A, B) for every (module, layer), all pairs in one batched forward pass.
 B's head is zero-initialised so the generated delta W = alpha/r * B A is exactly 0 at step 0
 (as in Text-to-LoRA / P2P), and training starts from the base model's behaviour.
@@ -8,17 +8,18 @@ B's head is zero-initialised so the generated delta W = alpha/r * B A is exactly
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
-from .config import HypernetCfg
+from .config import HypernetSettings
 
 
 @dataclass(kw_only=True)
-class HyperNetConfig(HypernetCfg):
+class HypernetModuleConfig(HypernetSettings):
     """The [hypernet] knobs of a training config plus the shapes they are applied to."""
 
     emb_dim: int
@@ -37,8 +38,8 @@ class HyperNetConfig(HypernetCfg):
         return d
 
 
-class HyperNet(nn.Module):
-    def __init__(self, cfg: HyperNetConfig):
+class HypernetModule(nn.Module):
+    def __init__(self, cfg: HypernetModuleConfig):
         super().__init__()
         self.cfg = cfg
         n_mod, L = len(cfg.modules), cfg.n_layers
@@ -146,3 +147,23 @@ def find_decoder_layers(model: nn.Module):
         except AttributeError:
             continue
     raise ValueError(f"cannot find decoder layers in {type(model).__name__}")
+
+
+# ------------------------------------------------------------------------------------------------ MT-LoRA
+class SharedLora(nn.Module):
+    """The MT-LoRA control: ONE LoRA for every user (same shapes, init and injection as the hypernet's)."""
+
+    def __init__(self, cfg: HypernetModuleConfig):
+        super().__init__()
+        self.cfg = cfg
+        L, r = cfg.n_layers, cfg.rank
+        self.a = nn.ParameterDict({m: nn.Parameter(torch.randn(L, r, s[0]) / math.sqrt(s[0])) for m, s in cfg.module_shapes.items()})
+        self.b = nn.ParameterDict({m: nn.Parameter(torch.zeros(L, s[1], r)) for m, s in cfg.module_shapes.items()})
+
+    def forward(self, e: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = e.shape[0]
+        out = {}
+        for m in self.cfg.modules:
+            out[f"{m}.lora_a"] = self.a[m][None].expand(n, -1, -1, -1)
+            out[f"{m}.lora_b"] = self.b[m][None].expand(n, -1, -1, -1)
+        return out

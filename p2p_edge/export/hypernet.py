@@ -1,0 +1,121 @@
+"""Export a trained P2P hypernet checkpoint (torch) to ONNX + its JSON card.
+
+    python -m p2p_edge.export.hypernet CHECKPOINT.pt --out p2p_edge/assets/hypernet.onnx [--fp16]
+
+The card carries everything the client checks (dims, rank, alpha, modules, layers, base model id + sha256,
+encoder) and what the checkpoint recorded about training data, splits and metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from p2p_edge.fileio import atomic_path
+from p2p_edge.hypernet.card import HypernetCard, card_path_for
+from p2p_edge.train.model import HypernetModule, HypernetModuleConfig
+
+OPSET = 17
+
+
+def load_checkpoint(path: Path) -> tuple[HypernetModule, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = HypernetModule(HypernetModuleConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt.get("meta", {})
+
+
+def export_onnx(model: HypernetModule, out: Path, fp16: bool = False) -> None:
+    """torch -> ONNX (legacy TorchScript exporter: deterministic and dependency-free for an MLP)."""
+    model = model.eval().float()
+    names = [f"{m}.{p}" for m in model.cfg.modules for p in ("lora_a", "lora_b")]
+    dummy = torch.zeros(1, model.cfg.emb_dim)
+
+    class Flat(torch.nn.Module):  # ONNX wants a tuple, not a dict
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, e):
+            o = self.inner(e)
+            return tuple(o[n] for n in names)
+
+    with atomic_path(out) as tmp:
+        torch.onnx.export(
+            Flat(model).eval(), (dummy,), str(tmp), training=torch.onnx.TrainingMode.EVAL, input_names=["embedding"], output_names=names,
+            dynamic_axes={"embedding": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+            opset_version=OPSET, dynamo=False,
+        )
+        if fp16:
+            import onnx
+            from onnxconverter_common import float16
+
+            m = onnx.load(str(tmp))
+            m = float16.convert_float_to_float16(m, keep_io_types=True)
+            onnx.save(m, str(tmp))
+    out.chmod(0o644)  # a model file, not private data
+
+
+def write_card(out: Path, model: HypernetModule, meta: dict, dtype: str) -> HypernetCard:
+    """The card of the ONNX file `out` (written beside it), from the model's config and the checkpoint's meta."""
+    cfg = model.cfg
+    card = HypernetCard(
+        id=meta.get("id") or out.stem, emb_dim=cfg.emb_dim, rank=cfg.rank, alpha=cfg.alpha,
+        modules=tuple(cfg.modules), n_layers=cfg.n_layers,
+        module_shapes={m: tuple(s) for m, s in cfg.module_shapes.items()},
+        base_model=meta.get("base_model", {}), encoder=meta.get("encoder", {}), profile=meta.get("profile", {}),
+        training=meta.get("training", {}), metrics=meta.get("metrics", {}),
+        chat_scale=float(meta.get("chat_scale", 1.0)), limits=str(meta.get("limits", "")),
+        hypernet_config=cfg.to_dict(), onnx={"opset": OPSET, "dtype": dtype, "file": out.name},
+        onnx_sha256=hashlib.sha256(out.read_bytes()).hexdigest(),
+    )
+    return card.write(out)
+
+
+def export(checkpoint: Path, out: Path, fp16: bool = False, extra_meta: dict | None = None) -> dict:
+    model, meta = load_checkpoint(checkpoint)
+    meta = {**meta, **(extra_meta or {})}
+    export_onnx(model, out, fp16=fp16)
+    return write_card(out, model, meta, "float16" if fp16 else "float32")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--fp16", action="store_true", help="store weights as float16 (inputs/outputs stay float32)")
+    ap.add_argument("--metrics", type=Path, help="JSON file of evaluation results to put in the card")
+    ap.add_argument("--id", help="hypernet id recorded in the card and in every adapter it makes")
+    ap.add_argument("--chat-scale", type=float, help="the LoRA strength chat uses by default (card field chat_scale)")
+    ap.add_argument("--limits", help="what the hypernet does not do, in words (card field limits)")
+    args = ap.parse_args(argv)
+    # check both inputs before anything is written
+    if not args.checkpoint.is_file():
+        print(f"error: {args.checkpoint}: no such checkpoint file", file=sys.stderr)
+        return 2
+    try:
+        extra = {"metrics": json.loads(args.metrics.read_text(encoding="utf-8"))} if args.metrics else {}
+    except (OSError, ValueError) as e:
+        print(f"error: --metrics {args.metrics}: {e}", file=sys.stderr)
+        return 2
+    if args.id:
+        extra["id"] = args.id
+    if args.chat_scale is not None:
+        if not 0 < args.chat_scale <= 4:
+            print(f"error: --chat-scale must be in (0, 4], got {args.chat_scale}", file=sys.stderr)
+            return 2
+        extra["chat_scale"] = args.chat_scale
+    if args.limits:
+        extra["limits"] = args.limits
+    export(args.checkpoint, args.out, fp16=args.fp16, extra_meta=extra)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) and {card_path_for(args.out).name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
