@@ -125,10 +125,16 @@ class Client:
         self.summaries.put(key, text, history.sha256)
         return text, "generated"
 
-    def personalize(self, history: Path | History, out_dir: Path, *, summary: str | None = None,
-                    no_summary: bool = False, top_k: int | None = None, dtype: str = "f16",
-                    load_check: bool = True, read_ms: float | None = None) -> Result:
-        """`history`: a path, or a History already validated by `read_history` (pass the time it took as read_ms)."""
+    def personalize(self, history: Path | str | History, out_dir: Path | None = None, *, user: str | None = None,
+                    summary: str | None = None, no_summary: bool = False, top_k: int | None = None,
+                    dtype: str = "f16", load_check: bool = True, read_ms: float | None = None) -> Result:
+        """`history`: a path, or a History already validated by `read_history` (pass the time it took as read_ms).
+        `out_dir` defaults to the user's folder in the data dir (as `p2p-edge personalize`): `user`, else the history
+        file's name, names it."""
+        if out_dir is None:
+            if user is None and isinstance(history, History):
+                raise ValueError("a History object needs out_dir or user (there is no file name to name the user)")
+            out_dir = user_dir(user or user_id_for(Path(history)))
         if not isinstance(history, History):
             t = time.perf_counter()
             history = read_history(history)

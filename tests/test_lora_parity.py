@@ -212,3 +212,23 @@ def test_q_without_rope_permutation_does_not_match(torch_deltas, llama_f32, toke
     got = llama_f32.delta(token_ids, only(lora, "q_proj"), base_spec, adapter_path, permute_q=False)
     corr, _ = compare("q only, F32 base, q NOT permuted", torch_deltas["q"], got)
     assert corr < 0.9
+
+
+def test_peft_export_matches_llama_cpp_on_f32_base(hf_model, llama_f32, token_ids, lora, base_spec, tmp_path):
+    """`p2p-edge export --format peft` of a GGUF adapter, loaded with PeftModel.from_pretrained onto the HF model,
+    moves the logits as llama.cpp moves them with the GGUF itself (same bar as the parity tests above)."""
+    import copy
+
+    peft = pytest.importorskip("peft")
+    from p2p_edge.interop import export_adapter
+
+    gguf_path = tmp_path / "adapter.gguf"
+    write_adapter(gguf_path, lora, base_spec, dtype="f32")
+    export_adapter(gguf_path, "peft", tmp_path / "peft")
+    model = peft.PeftModel.from_pretrained(copy.deepcopy(hf_model), str(tmp_path / "peft")).eval()
+    with torch.no_grad():
+        peft_logits = model(torch.tensor([token_ids])).logits[0, -1].numpy()
+    expected = peft_logits - torch_last_logits(hf_model, token_ids)
+    got = llama_f32.last_logits(token_ids, gguf_path) - llama_f32.last_logits(token_ids)
+    corr, top10 = compare("PEFT export vs llama.cpp GGUF, F32 base", expected, got)
+    assert corr >= 0.99 and top10 >= 8

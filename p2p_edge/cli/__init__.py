@@ -128,6 +128,21 @@ app.add_typer(lab_app, name="lab", help="Train, fold, select, report and export 
 app.command(name="train", help="Train a hypernet across users (= p2p-edge lab train).")(lab_app.registered_commands[0].callback)
 
 
+@app.command(name="export")
+@friendly_errors
+def export_cmd(
+    adapter: Path = typer.Argument(..., help="A personal adapter.gguf (from personalize)."),
+    fmt: str = typer.Option(..., "--format", help="peft (transformers / vLLM multi-LoRA) or ollama (a Modelfile)."),
+    out: Path = typer.Option(..., "--out", help="The folder to create (must not exist or be empty)."),
+    base_model: Optional[Path] = typer.Option(None, "--base-model", help="Base GGUF (default: the bundled SmolLM2)."),
+):
+    """Export an adapter for other runtimes: PEFT/vLLM (safetensors + adapter_config.json) or Ollama (Modelfile)."""
+    from p2p_edge.interop import export_adapter
+
+    for p in export_adapter(adapter, fmt, out, base_model=base_model):
+        typer.echo(str(p))
+
+
 @app.command()
 @friendly_errors
 def forget(
