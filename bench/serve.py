@@ -65,7 +65,7 @@ def synthetic_items(i: int, n: int = 12) -> list[dict]:
 
 
 class Server:
-    def __init__(self, home: Path, lru: int, threads: int, log_path: Path):
+    def __init__(self, home: Path, lru: int, threads: int, log_path: Path, extra_args: list[str] | None = None):
         from p2p_edge.paths import encoder_dir
 
         self.port = free_port()
@@ -75,7 +75,7 @@ class Server:
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "p2p_edge.cli", "serve", "--port", str(self.port), "--threads", str(threads),
-             "--max-loaded-adapters", str(lru)], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+             "--max-loaded-adapters", str(lru), *(extra_args or [])], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 300) -> None:
         import httpx

@@ -16,6 +16,7 @@ from pathlib import Path
 import bench.robustness
 from bench.robustness.common import RESULTS, ROOT, cli_env, run_cli
 from bench.robustness.faults import faults
+from bench.robustness.http import bad_http_requests
 from bench.robustness.inputs import bad_inputs, big_history
 from bench.robustness.soak import soak
 
@@ -88,6 +89,18 @@ def write_report(res: dict, out_dir: Path) -> None:
                     s["ms_per_swap"], s["wall_s"]]]), "",
         "RSS samples (MiB): " + ", ".join(f"{k} {v}" for k, v in s["rss_samples"]), "",
     ]
+    if res.get("http"):
+        lines += [
+            "## 5. Bad requests to `p2p-edge serve`", "",
+            "The real server (`--api-key`, `--max-body-mb 1`) on a loopback port; every bad body carries a canary "
+            "string that no answer and no log line may quote. *Healthy after*: `GET /health` answered 200 right "
+            "after the bad request. `python -m bench.robustness --only-http` reruns this section alone (~5 s).", "",
+            _md_table(["bad request", "status", "code", "OpenAI error shape", "message", "quotes the request",
+                       "healthy after"],
+                      [[r["case"], r["status"], r["code"], "yes" if r["openai_shape"] else "NO", f"`{r['message']}`",
+                        "YES" if r["quotes_request"] else "no", "yes" if r["healthy_after"] else "NO"]
+                       for r in res["http"]]), "",
+        ]
     (out_dir / "robustness.md").write_text("\n".join(lines))
 
 
@@ -98,8 +111,17 @@ def main(argv=None) -> None:
     ap.add_argument("--swaps", type=int, default=None, help="default: users + users/9 (each user once, plus a "
                     "revisit every 10th swap)")
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--only-http", action="store_true", help="rerun only (e) bad HTTP requests, keeping the other "
+                    "sections of OUT/robustness.json")
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
+    if a.only_http:
+        res = json.loads((a.out / "robustness.json").read_text())
+        with tempfile.TemporaryDirectory(prefix="p2p-robustness-") as tmp_s:
+            res["http"] = bad_http_requests(Path(tmp_s), print)
+        write_report(res, a.out)
+        print(f"wrote {a.out / 'robustness.md'} and robustness.json")
+        return
     if a.quick:
         a.items, a.users = 20_000, 30
     swaps = a.swaps or a.users + a.users // 9
@@ -142,6 +164,8 @@ def main(argv=None) -> None:
         work.mkdir()
         res["soak"] = soak(a.users, swaps, workdir=work, threads=1, sample_every=max(1, a.users // 10), log=log)
         log(json.dumps({k: v for k, v in res["soak"].items() if k != "rss_samples"}))
+        log("(e) bad HTTP requests")
+        res["http"] = bad_http_requests(tmp, log)
         for p in (tmp / "bad").glob("unreadable*"):
             os.chmod(p, 0o600)
     write_report(res, a.out)
