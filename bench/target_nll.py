@@ -87,19 +87,16 @@ def score_run(cfg_path: Path, ckpt: Path, split: str, tasks: list[str] | None, q
     from p2p_edge.train.config import load_config
     from p2p_edge.train.dataset import load_corpus
     from p2p_edge.train.lm import Row, encode_example, load_base
-    from p2p_edge.train.model import HypernetModule, HypernetModuleConfig, LoraInjector
+    from p2p_edge.train.checkpoint import hypernet_from, read_checkpoint
+    from p2p_edge.train.model import LoraInjector
 
     cfg = load_config(cfg_path)
-    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-    if ck.get("method") != "p2p":
-        raise InputError(ckpt, f"a hypernet checkpoint is needed (method {ck.get('method')!r})", field="method")
+    ck = read_checkpoint(ckpt, method="p2p")
     if cfg.base.path not in base_cache:
         base_cache.clear()   # one base model in memory at a time
         base_cache[cfg.base.path] = load_base(cfg)
     model, tok, _ = base_cache[cfg.base.path]
-    gen = HypernetModule(HypernetModuleConfig(**ck["config"]))
-    gen.load_state_dict(ck["state_dict"])
-    gen.eval()
+    gen = hypernet_from(ck)
     corpus = load_corpus(cfg, encoder, max_users=cfg.profiles.max_users)
     index, emb = corpus.index(), torch.from_numpy(corpus.emb[cfg.profiles.variant])
     test = corpus.splits[split]["test"]

@@ -18,16 +18,15 @@ import torch
 
 from p2p_edge.fileio import atomic_path
 from p2p_edge.hypernet.card import HypernetCard, card_path_for
-from p2p_edge.train.model import HypernetModule, HypernetModuleConfig
+from p2p_edge.train.checkpoint import hypernet_from, read_checkpoint
+from p2p_edge.train.model import HypernetModule
 
 OPSET = 17
 
 
 def load_checkpoint(path: Path) -> tuple[HypernetModule, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = HypernetModule(HypernetModuleConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), ckpt.get("meta", {})
+    ckpt = read_checkpoint(path, method="p2p")
+    return hypernet_from(ckpt), ckpt.get("meta", {})
 
 
 def export_onnx(model: HypernetModule, out: Path, fp16: bool = False) -> None:

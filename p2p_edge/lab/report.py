@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from p2p_edge.gguf import LoraWeights, validate_adapter, write_adapter
 from p2p_edge.errors import InputError
@@ -29,12 +28,9 @@ COMPARE = ("mt_lora", "p2p_shuffled", "p2p_null", "base", "prior")
 
 
 def shared_lora_weights(ckpt_path: Path) -> LoraWeights:
-    ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    sd, cfg = ck["state_dict"], ck["config"]
-    mods = list(cfg["module_shapes"])
-    return LoraWeights(rank=cfg["rank"], alpha=cfg["alpha"],
-                       a={m: sd[f"a.{m}"].float().numpy() for m in mods},
-                       b={m: sd[f"b.{m}"].float().numpy() for m in mods})
+    from p2p_edge.train.checkpoint import read_checkpoint, shared_lora_from
+
+    return shared_lora_from(read_checkpoint(ckpt_path, method="mt_lora"))
 
 
 # LLM answers that depend only on the hypernet checkpoint, the config, the users (in order: the shuffled control's

@@ -21,6 +21,7 @@ from torch import nn
 
 from p2p_edge.errors import InputError, P2PError, TrainingDiverged
 from p2p_edge.fileio import atomic_path, atomic_write_text, ensure_private_dir
+from p2p_edge.train.checkpoint import read_checkpoint
 from p2p_edge.train.config import Config
 from p2p_edge.train.lm import Row, collate, encode_example, load_base, module_shapes
 from p2p_edge.train.losses import negative_pool, sft_loss
@@ -65,7 +66,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
     good_file, good, lr_scale, rewinds_used = out_dir / "good.pt", None, 1.0, 0
     if not last.is_file() and t.init_from:  # warm start: weights only
         src = cfg.resolve(t.init_from)
-        ck = torch.load(src, map_location="cpu", weights_only=False)
+        ck = read_checkpoint(src)
         misfit = None
         if ck.get("method") != t.method:
             misfit = f"it was trained with method {ck.get('method')!r}, this config is {t.method!r}"
@@ -79,7 +80,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
                              field="train.init_from")
         log(f"initialised from {src} (step {ck['step']})")
     if last.is_file():  # resume
-        ck = torch.load(last, map_location="cpu", weights_only=False)
+        ck = read_checkpoint(last)
         gen.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
         start = ck["step"]
@@ -87,7 +88,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
         resumed_val_start = ck.get("val_loss_start")   # None for checkpoints older than the guard: no check
         lr_scale, rewinds_used = ck.get("lr_scale", 1.0), ck.get("rewinds_used", 0)
         if good_file.is_file():   # last.pt may be past a blow-up the next validation has yet to see
-            good = torch.load(good_file, map_location="cpu", weights_only=False)
+            good = read_checkpoint(good_file)
             good = good if good["step"] <= start else None
         log(f"resumed from {last} at step {start}" + (f" (lr x{lr_scale:g} after {rewinds_used} rewinds)"
                                                       if rewinds_used else ""))
