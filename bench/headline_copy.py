@@ -12,7 +12,6 @@ same share for the true headlines. No LLM: seconds.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from p2p_edge.eval.task import has_value
 from p2p_edge.eval.task_config import load_config as load_tasks
 from p2p_edge.train.config import dataset_name
 from p2p_edge.eval.corpus import read_users
+from p2p_edge.eval.results_io import answers_path, read_answers
 
 
 def copied_share(answer: str | None, article: str) -> float | None:
@@ -123,9 +123,9 @@ def main(argv=None) -> int:
             name, sep, d = spec.partition("=")
             if not sep:
                 raise InputError(Path(spec), "expected NAME=REPORT_DIR", field="reports")
-            path = Path(d) / f"answers_{a.split}.json"
+            path = answers_path(Path(d), a.split)
+            answers = read_answers(Path(d), a.split)
             try:
-                answers = json.loads(path.read_text(encoding="utf-8"))
                 result["reports"][name] = {"dir": d} | summarize(answers, task, articles)
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise InputError(path, f"cannot summarise these answers: {e}") from e

@@ -23,13 +23,13 @@ The k folds of one recipe are k fresh panels: their pool scores the recipe on ev
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from bench.output import write_result
 from p2p_edge.eval import metrics as M
 from p2p_edge.errors import InputError
+from p2p_edge.eval.results_io import answers_path, read_answers
 from p2p_edge.eval.stats import answer_changes, answer_changes_cells, paired_diff, to_json, user_metric_table
 
 METHODS = ("base", "mt_lora", "p2p", "p2p_shuffled", "prior")
@@ -49,15 +49,13 @@ def parse_candidate(spec: str) -> tuple[str, list[Path]]:
 
 def load_answers(report: Path, split: str, task: str) -> dict[str, dict[str, list]]:
     """method -> user -> [(task, prediction, target)] for the users with at least one query of `task`."""
-    path = report / f"answers_{split}.json"
-    if not path.is_file():
-        raise InputError(path, "no such file (run p2p_edge.lab.report with --out here first)")
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    path = answers_path(report, split)
+    raw = read_answers(report, split)
     missing = [m for m in ("p2p", "p2p_shuffled") if m not in raw]
     if missing:
         raise InputError(path, f"no answers for {', '.join(missing)}", field="methods")
     users = sorted(u for u, rows in raw["p2p"].items() if any(r[0] == task for r in rows))
-    return {m: {u: [tuple(r) for r in raw[m][u]] for u in users if u in raw[m]} for m in METHODS if m in raw}
+    return {m: {u: raw[m][u] for u in users if u in raw[m]} for m in METHODS if m in raw}
 
 
 # metric -> (the task kind it scores, the function): none needs the task's config (an auto_top_k task only knows its

@@ -22,6 +22,7 @@ from p2p_edge.gguf import LoraWeights, validate_adapter, write_adapter
 from p2p_edge.errors import InputError
 from p2p_edge.eval.stats import VERDICT_WORDS, answer_changes, answer_changes_cells, checks, to_json
 from p2p_edge.eval.answer import hypernet_adapters, limit_queries, null_profile_embedding, run_adapter_method, score_split
+from p2p_edge.eval.results_io import answers_path, read_answers, write_answers
 from p2p_edge.fileio import atomic_write_text, ensure_private_dir
 
 COMPARE = ("mt_lora", "p2p_shuffled", "p2p_null", "base", "prior")
@@ -55,11 +56,11 @@ def reused_answers(prev: Path, *, config: Path, p2p: Path, part: str, queries_pe
                 raise InputError(path, f"is {meta.get(key)!r}, this run {want!r}", field=key)
         out: dict[str, dict] = {}
         for split, uids in users_of.items():
-            path = prev / f"answers_{split}.json"
+            path = answers_path(prev, split)
+            answers = read_answers(prev, split)
             # metrics.json is rewritten by --rerender; the answers only by scoring
             if p2p.stat().st_mtime > path.stat().st_mtime:
                 raise InputError(path, f"{p2p} was rewritten after these answers were scored", field="checkpoints.p2p")
-            answers = json.loads(path.read_text(encoding="utf-8"))
             out[split] = {}
             for m in (m for m in REUSABLE if m in answers):
                 if list(answers[m]) != list(uids):
@@ -68,7 +69,7 @@ def reused_answers(prev: Path, *, config: Path, p2p: Path, part: str, queries_pe
                 for u in uids:
                     if [(r[0], r[2]) for r in answers[m][u]] != queries[u]:
                         raise InputError(path, f"user {u}'s queries differ from this run's", field=m)
-                out[split][m] = {u: [tuple(r) for r in answers[m][u]] for u in uids}
+                out[split][m] = {u: answers[m][u] for u in uids}
     except OSError as e:
         raise InputError(path, e.strerror or str(e)) from None
     except ValueError as e:  # InputError is not a ValueError: it passes through
@@ -204,9 +205,12 @@ def rerender(out: Path, cfg) -> int:
         tasks = load_tasks(cfg.resolve(cfg.tasks_config)).tasks
         add_checks(results, tasks)
         for split, r in results["splits"].items():
-            path = out / f"answers_{split}.json"  # written by the scoring run; absent beside a copied metrics.json
+            path = answers_path(out, split)  # written by the scoring run; absent beside a copied metrics.json
             if path.is_file():
-                add_answer_changes(r, json.loads(path.read_text(encoding="utf-8")), tasks)
+                add_answer_changes(r, read_answers(out, split), tasks)
+    except InputError as e:   # an answers file that does not read (it names itself)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as e:
         print(f"error: {path}: {e}", file=sys.stderr)
         return 2
@@ -340,7 +344,7 @@ def main(argv=None) -> int:
             "methods": to_json(table),
             "paired_diffs": to_json(diffs),
         }
-        atomic_write_text(out / f"answers_{split}.json", json.dumps(ans))
+        write_answers(out, split, ans)
         add_answer_changes(results["splits"][split], ans, corpus.tasks)
     add_checks(results, corpus.tasks)
     results["wall_s"] = round(time.time() - t0, 1)
