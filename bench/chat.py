@@ -114,7 +114,7 @@ def run(args, log) -> dict:
     from p2p_edge.train.lm import encode_example, load_base
     from p2p_edge.train.model import LoraInjector
     from p2p_edge.train.preserve import read_prompts, system_prompt
-    from p2p_edge.lab.select import both_splits, held_out_users
+    from p2p_edge.eval.suite import held_out_users, union
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
@@ -130,7 +130,7 @@ def run(args, log) -> dict:
     encoder = Encoder(threads=args.threads)
     corpus = load_corpus(cfg, encoder, max_users=cfg.profiles.max_users)
     index, emb = corpus.index(), corpus.emb["full"]
-    test = both_splits(held_out_users(corpus, args.part))   # val: choose between candidates, no test user seen
+    test = union(held_out_users(corpus, args.part))   # val: choose between candidates, no test user seen
     if args.max_users:   # a smoke run: a few held-out users, spread over datasets
         test = sorted(pick_users(test, args.max_users))
     null = null_profile_embedding(encoder)

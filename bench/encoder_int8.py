@@ -34,7 +34,7 @@ def run(args, log) -> dict:
     from p2p_edge.eval.answer import hypernet_adapters, limit_queries, run_adapter_method
     from p2p_edge.eval.stats import to_json, user_metric_table
     from p2p_edge.hypernet import Hypernet
-    from p2p_edge.lab.select import both_splits, held_out_users
+    from p2p_edge.eval.suite import held_out_users, union
     from p2p_edge.profile import item_habits, profile_text
     from p2p_edge.runtime import LocalLLM
     from p2p_edge.train.config import check_card_profile, load_config
@@ -47,7 +47,7 @@ def run(args, log) -> dict:
     corpora = {k: load_corpus(cfg, e, max_users=cfg.profiles.max_users, require_summaries=False)
                for k, e in encoders.items()}
     c32, c8 = corpora["float32"], corpora["int8"]
-    users = [u for u in both_splits(held_out_users(c32, args.part)) if c32.profiles[u]["summary"] is not None]
+    users = [u for u in union(held_out_users(c32, args.part)) if c32.profiles[u]["summary"] is not None]
     idx32, idx8 = c32.index(), c8.index()
     v32 = np.stack([c32.emb["full"][idx32[u]] for u in users])
     v8 = np.stack([c8.emb["full"][idx8[u]] for u in users])

@@ -40,7 +40,7 @@ def run(args, log) -> dict:
     from p2p_edge.train.lm import encode_example, load_base
     from p2p_edge.train.model import LoraInjector
     from p2p_edge.train.preserve import load_replies
-    from p2p_edge.lab.select import both_splits, held_out_users
+    from p2p_edge.eval.suite import held_out_users, union
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
@@ -49,7 +49,7 @@ def run(args, log) -> dict:
     vecs = {"null": null_profile_embedding(enc)}
     if args.users:
         corpus = load_corpus(cfg, enc, max_users=cfg.profiles.max_users)
-        for u in pick_users(both_splits(held_out_users(corpus, "val")), args.users):
+        for u in pick_users(union(held_out_users(corpus, "val")), args.users):
             vecs[u] = corpus.emb["full"][corpus.index()[u]]
     model, tok, _ = load_base(cfg)
     inj = LoraInjector(model, h.card.modules, h.card.alpha, h.card.rank)

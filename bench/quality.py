@@ -6,15 +6,14 @@ p2p_retrieval_only. Metrics are pooled within users; [95% CI] resample users; pa
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from p2p_edge.eval.stats import answer_changes, to_json
-
-from p2p_edge.eval.answer import hypernet_adapters, run_adapter_method, score_split
+from p2p_edge.eval.answer import hypernet_adapters
+from p2p_edge.eval.stats import to_json
+from p2p_edge.eval.suite import Method, evaluate
 from p2p_edge.profile import item_habits, item_text, profile_text, retrieve
 
 METHODS = ("base", "prior", "rag", "pag", "mt_lora", "oppu", "p2p", "p2p_shuffled", "p2p_summary_only",
@@ -55,44 +54,25 @@ def run_quality(corpus, tests: dict[str, list[str]], *, llm, hypernet, encoder, 
     OPPU trains one LoRA per user, so it may be run on a subset of the test users (`oppu_uids`); its metrics and
     its paired comparison with P2P are then over that subset only (n_users says so)."""
     index = corpus.index()
-    union = sorted(set(tests["random"]) | set(tests["ood"]))
     prompts = ProfilePrompts(corpus, encoder, top_k)
     spec = llm.spec
-    methods: dict[str, dict] = {}
-    timings: dict[str, float] = {}
-    runs = [
-        ("base", lambda: run_adapter_method(llm, corpus, union, lambda u, t: None)),
-        ("rag", lambda: run_adapter_method(llm, corpus, union, lambda u, t: None, prompt_for=prompts.rag)),
-        ("pag", lambda: run_adapter_method(llm, corpus, union, lambda u, t: None, prompt_for=prompts.pag)),
-        ("p2p", lambda: run_adapter_method(llm, corpus, union, hypernet_adapters(hypernet, spec, corpus.emb["full"], index))),
-        ("p2p_summary_only", lambda: run_adapter_method(
-            llm, corpus, union, hypernet_adapters(hypernet, spec, corpus.emb["summary_only"], index))),
-        ("p2p_retrieval_only", lambda: run_adapter_method(
-            llm, corpus, union, hypernet_adapters(hypernet, spec, corpus.emb["retrieval_only"], index))),
-    ]
+    none = lambda u, t: None  # noqa: E731  (the base model)
+    methods = [Method("base", none), Method("rag", none, prompts.rag), Method("pag", none, prompts.pag),
+               Method("p2p", hypernet_adapters(hypernet, spec, corpus.emb["full"], index)),
+               Method("p2p_summary_only", hypernet_adapters(hypernet, spec, corpus.emb["summary_only"], index)),
+               Method("p2p_retrieval_only", hypernet_adapters(hypernet, spec, corpus.emb["retrieval_only"], index))]
     if mt_lora is not None:
-        runs.append(("mt_lora", lambda: run_adapter_method(llm, corpus, union, lambda u, t: mt_lora)))
+        methods.append(Method("mt_lora", lambda u, t: mt_lora))
     if oppu_adapter_for is not None:
-        ou = [u for u in union if oppu_uids is None or u in set(oppu_uids)]
-        runs.append(("oppu", lambda: run_adapter_method(llm, corpus, ou, oppu_adapter_for)))
-    for name, fn in runs:
-        t = time.perf_counter()
-        methods[name] = fn()
-        timings[name] = round(time.perf_counter() - t, 1)
-        log(f"quality: {name} answered {len(methods[name])} users in {timings[name]:.0f} s")
-
+        methods.append(Method("oppu", oppu_adapter_for, users=oppu_uids))
+    scores, timings = evaluate(llm, corpus, {s: tests[s] for s in ("random", "ood")}, methods, hypernet=hypernet,
+                               emb=corpus.emb["full"], compare=METHODS, log=lambda m: log(f"quality: {m}"))
     quality, paired, changes = {}, {}, {}
-    for split in ("random", "ood"):
-        uids = tests[split]
-        ans, table, diffs = score_split(llm, corpus, uids, methods, hypernet, corpus.emb["full"], index,
-                                      train_uids=corpus.part("both", "train"),
-                                      val_uids=corpus.splits[split]["val"], compare=METHODS)
-        table, diffs = to_json(table), to_json(diffs)
-        quality[split] = reshape(table, corpus.tasks)
-        paired[split] = reshape(diffs, corpus.tasks)
-        if "p2p_shuffled" in ans:
-            changes[split] = answer_changes(ans, "p2p", "p2p_shuffled", corpus.tasks)
-        log(f"quality: {split} split scored ({len(uids)} users)")
+    for split, s in scores.items():
+        quality[split] = reshape(to_json(s.table), corpus.tasks)
+        paired[split] = reshape(to_json(s.diffs), corpus.tasks)
+        if s.changes:
+            changes[split] = s.changes
     return quality, paired, timings, changes
 
 

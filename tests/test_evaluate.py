@@ -45,7 +45,8 @@ def test_limit_queries_bounds_generation_tasks_only():
 def test_validation_users_never_include_a_test_user_of_either_split():
     import pytest
     pytest.importorskip("torch")
-    from p2p_edge.lab.select import score, validation_users
+    from p2p_edge.eval.suite import validation_users
+    from p2p_edge.lab.select import score
 
     splits = {"random": {"train": ["a"], "val": ["b", "c"], "test": ["d"]},
               "ood": {"train": ["a"], "val": ["b", "d"], "test": ["c"]}}

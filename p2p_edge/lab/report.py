@@ -21,7 +21,8 @@ from pathlib import Path
 from p2p_edge.gguf import LoraWeights, validate_adapter, write_adapter
 from p2p_edge.errors import InputError
 from p2p_edge.eval.stats import VERDICT_WORDS, answer_changes, answer_changes_cells, checks, to_json
-from p2p_edge.eval.answer import hypernet_adapters, limit_queries, null_profile_embedding, run_adapter_method, score_split
+from p2p_edge.eval.answer import hypernet_adapters, limit_queries, null_profile_embedding
+from p2p_edge.eval.suite import Method, evaluate
 from p2p_edge.eval.results_io import answers_path, read_answers, write_answers
 from p2p_edge.fileio import atomic_write_text, ensure_private_dir
 
@@ -231,7 +232,7 @@ def main(argv=None) -> int:
     from p2p_edge.runtime import LocalLLM
     from p2p_edge.train.config import check_card_profile, load_config
     from p2p_edge.train.dataset import load_corpus
-    from p2p_edge.lab.select import both_splits, held_out_users
+    from p2p_edge.eval.suite import held_out_users, union
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, required=True)
@@ -267,7 +268,7 @@ def main(argv=None) -> int:
     index = corpus.index()
 
     users_of = held_out_users(corpus, args.part)
-    test_uids = both_splits(users_of)
+    test_uids = union(users_of)
     limit_queries(corpus, test_uids, args.queries_per_user_task)
     reused: dict[str, dict] = {}
     try:
@@ -298,54 +299,38 @@ def main(argv=None) -> int:
 
     log = lambda m: print(f"[{time.time() - t0:7.0f}s] {m}", file=sys.stderr, flush=True)  # noqa: E731
 
-    # Answers that do not depend on the split are computed once for the union of both splits' test users.
-    shared: dict[str, dict] = {}
     log(f"{len(test_uids)} {args.part} users (both splits), {sum(len(corpus.examples[u]) for u in test_uids)} queries each method")
-
-    def answer_all(name: str, adapter_for) -> None:
-        if reused and all(name in r for r in reused.values()):  # split-independent: merge both splits' users
-            shared[name] = {u: rows for r in reused.values() for u, rows in r[name].items()}
-            log(f"{name} reused from {args.reuse}")
-        else:
-            shared[name] = run_adapter_method(llm, corpus, test_uids, adapter_for)
-            log(f"{name} done")
-
-    answer_all("base", lambda u, t: None)
+    methods = [Method("base", lambda u, t: None)]
     if mt_path:  # without a control trained on the same users (e.g. a k-fold run) its rows are left out
-        shared["mt_lora"] = run_adapter_method(llm, corpus, test_uids, lambda u, t: mt_path)
-        log("mt_lora done")
-    answer_all("p2p", hypernet_adapters(hyper, llm.spec, corpus.emb["full"], index))
+        methods.append(Method("mt_lora", lambda u, t: mt_path))
+    methods.append(Method("p2p", hypernet_adapters(hyper, llm.spec, corpus.emb["full"], index)))
     if args.null_profile:   # one adapter for everyone: the hypernet's LoRA for the neutral no-history profile
         null_path = write_adapter(out / "p2p_null.gguf", hyper.generate(null_profile_embedding(encoder)), llm.spec,
                                   dtype="f16")
-        shared["p2p_null"] = run_adapter_method(llm, corpus, test_uids, lambda u, t: null_path)
-        log("p2p_null done")
+        methods.append(Method("p2p_null", lambda u, t: null_path))
     if args.ablations:
-        for v in ("summary_only", "retrieval_only"):
-            answer_all(f"p2p_{v}", hypernet_adapters(hyper, llm.spec, corpus.emb[v], index))
+        methods += [Method(f"p2p_{v}", hypernet_adapters(hyper, llm.spec, corpus.emb[v], index))
+                    for v in ("summary_only", "retrieval_only")]
+    # split-independent answers of an earlier report (--reuse), merged over both splits' users; the MT-LoRA control
+    # is always scored from its own --mt-lora
+    known = {m: {u: rows for r in reused.values() for u, rows in r[m].items()}
+             for m in REUSABLE if m != "p2p_shuffled" and reused and all(m in r for r in reused.values())}
 
     results = {"config": str(args.config),
                "checkpoints": {"p2p": str(args.p2p), "mt_lora": str(args.mt_lora) if args.mt_lora else None},
                "reused": str(args.reuse) if args.reuse else None,
                "queries_per_user_task": args.queries_per_user_task, "part": args.part, "splits": {}}
-    scored: dict[tuple, tuple] = {}  # k-fold splits give both splits the same users: score them once
-    for split in ("random", "ood"):
-        uids, val_uids = users_of[split], corpus.splits[split]["val"]
-        key = (tuple(uids), tuple(val_uids))
-        if key not in scored:
-            # with --part val the prior's rule is picked on the users it is scored on
-            scored[key] = score_split(llm, corpus, uids, shared, hyper, corpus.emb["full"], index,
-                                      train_uids=corpus.part("both", "train"), val_uids=val_uids, compare=COMPARE,
-                                      known=reused.get(split))
-            log(f"{split}: shuffled " + ("reused" if "p2p_shuffled" in reused.get(split, {}) else "done") + ", prior done")
-        ans, table, diffs = scored[key]
+    # with --part val the prior's rule is picked on the users it is scored on
+    scores, _ = evaluate(llm, corpus, {s: users_of[s] for s in ("random", "ood")}, methods, hypernet=hyper,
+                         emb=corpus.emb["full"], compare=COMPARE, known=known, known_by_split=reused, log=log)
+    for split, s in scores.items():
         results["splits"][split] = {
-            "n_test_users": len(uids),
-            "methods": to_json(table),
-            "paired_diffs": to_json(diffs),
+            "n_test_users": len(users_of[split]),
+            "methods": to_json(s.table),
+            "paired_diffs": to_json(s.diffs),
         }
-        write_answers(out, split, ans)
-        add_answer_changes(results["splits"][split], ans, corpus.tasks)
+        write_answers(out, split, s.answers)
+        add_answer_changes(results["splits"][split], s.answers, corpus.tasks)
     add_checks(results, corpus.tasks)
     results["wall_s"] = round(time.time() - t0, 1)
     atomic_write_text(out / "metrics.json", json.dumps(results, indent=2) + "\n")

@@ -21,29 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from p2p_edge.eval.answer import hypernet_adapters, limit_queries, run_adapter_method
-
-from p2p_edge.eval.stats import to_json, user_metric_table
-from p2p_edge.fileio import atomic_write_text
+from p2p_edge.eval.answer import hypernet_adapters, limit_queries
 from p2p_edge.eval.metrics import LOWER_IS_BETTER
 
-
-def validation_users(corpus) -> dict[str, list[str]]:
-    every_test = set(corpus.splits["random"]["test"]) | set(corpus.splits["ood"]["test"])
-    return {s: [u for u in corpus.splits[s]["val"] if u not in every_test] for s in ("random", "ood")}
-
-
-def held_out_users(corpus, part: str) -> dict[str, list[str]]:
-    """split -> the users a reading scores: "test" = each split's test users; "val" = validation users (never a test
-    user of either split: a random-split val user may be an OOD test user)."""
-    if part == "val":
-        return validation_users(corpus)
-    return {s: list(corpus.splits[s]["test"]) for s in ("random", "ood")}
-
-
-def both_splits(users_of: dict[str, list[str]]) -> list[str]:
-    """The union of both splits' users, sorted (the split-independent answers are computed once for them)."""
-    return sorted(set(users_of["random"]) | set(users_of["ood"]))
+from p2p_edge.eval.stats import to_json
+from p2p_edge.eval.suite import Method, evaluate, union, validation_users
+from p2p_edge.fileio import atomic_write_text
 
 
 def last_val_loss(ckpt: Path) -> float | None:
@@ -92,12 +75,12 @@ def main(argv=None) -> int:
     encoder = Encoder(threads=args.threads)
     corpus = load_corpus(cfg, encoder, max_users=cfg.profiles.max_users, require_summaries=False)
     split_users = validation_users(corpus)
-    union = sorted(set(split_users["random"]) | set(split_users["ood"]))
-    missing = [u for u in union if corpus.profiles[u]["summary"] is None]
+    every = union(split_users)
+    missing = [u for u in every if corpus.profiles[u]["summary"] is None]
     if missing:
         print(f"error: {len(missing)} validation users have no cached summary (first: {missing[0]})", file=sys.stderr)
         return 2
-    limit_queries(corpus, union, args.queries_per_user_task)
+    limit_queries(corpus, every, args.queries_per_user_task)
     llm = LocalLLM(n_threads=args.threads)
     index = corpus.index()
     results = {"config": str(args.config), "by": args.by, "n_val_users": {s: len(u) for s, u in split_users.items()},
@@ -109,9 +92,10 @@ def main(argv=None) -> int:
             hyper = Hypernet(onnx)
             hyper.card.check_base(llm.spec)
             check_card_profile(hyper.card, cfg, str(ckpt))
-            ans = run_adapter_method(llm, corpus, union, hypernet_adapters(hyper, llm.spec, corpus.emb["full"], index))
-            table = {s: to_json(user_metric_table({"p2p": {u: ans[u] for u in us}}, corpus.tasks))["p2p"]
-                     for s, us in split_users.items()}
+            scores, _ = evaluate(llm, corpus, split_users,
+                                 [Method("p2p", hypernet_adapters(hyper, llm.spec, corpus.emb["full"], index))],
+                                 hypernet=hyper, emb=corpus.emb["full"], compare=(), controls=False)
+            table = {s: to_json(sc.table)["p2p"] for s, sc in scores.items()}
             results["candidates"][str(ckpt)] = {"val_loss": last_val_loss(ckpt), "splits": table,
                                                 "score": score(table, corpus.tasks, args.by, split_users)}
             print(f"[{time.time() - t0:6.0f}s] {ckpt}: {args.by} score {results['candidates'][str(ckpt)]['score']:.4f}",
