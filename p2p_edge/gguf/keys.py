@@ -19,7 +19,7 @@ GGUF_NAMES = {"q_proj": "attn_q", "v_proj": "attn_v"}
 
 # Architectures whose q (and k) rows llama.cpp's convert_hf_to_gguf reorders into its rope layout
 # (LlamaModel.permute, `undo_permute = True`), so a LoRA B for q must get the same row permutation.
-# llama is verified on SmolLM2 (DESIGN.md); granite/granitemoe inherit LlamaModel's permutation.
+# llama is verified on SmolLM2 (tests/test_lora_parity.py); granite/granitemoe inherit LlamaModel's permutation.
 # (Caveat: a llama GGUF converted from Mistral's own consolidated format is not permuted; we cannot tell
 # from the file.)
 ROPE_PERMUTED_ARCHS = frozenset({"llama", "granite", "granitemoe"})
