@@ -136,3 +136,18 @@ def test_export_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, m
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expect in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_card_can_carry_bench_chat_readings():
+    """export --chat FILE=NAME: the card gets that hypernet's preservation and writing readings (here from a
+    committed bench.chat result)."""
+    from pathlib import Path
+
+    from p2p_edge.export.hypernet import bench_readings
+
+    result = Path(__file__).resolve().parents[1] / "bench" / "results" / "chat_candidate2_val.json"
+    chat = bench_readings(f"{result}=chat_kl", None)["chat"]
+    assert chat["part"] == "val" and chat["preservation"]["base_reply_loss_diff"] == pytest.approx(0.0582)
+    assert chat["preservation"]["base_short_share"] == 0.0 and set(chat["writing"]) >= {"blog_post"}
+    with pytest.raises(KeyError):
+        bench_readings(f"{result}=nope", None)

@@ -30,10 +30,16 @@ def test_loads_for_the_bundled_base_and_encoder(base_spec):
     assert any(np.abs(lora.b[m]).max() > 0 for m in lora.b)  # trained: the zero-initialised B head has moved
 
 
+def report_tasks(card) -> set[str]:
+    """The tasks the report scored by decoded answers: the card's `scored_tasks` when it trained on more (a chat
+    hypernet's long-form writing tasks are read by bench.chat instead), else every training task."""
+    return set(card["metrics"].get("scored_tasks") or card["training"]["tasks"])
+
+
 def test_card_states_held_out_checks_on_both_splits(card):
     splits = card["metrics"]["splits"]
     assert set(splits) == {"random", "ood"}
-    tasks = set(card["training"]["tasks"])
+    tasks = report_tasks(card)
     for split, r in splits.items():
         assert r["n_test_users"] > 0
         assert {"base", "prior", "mt_lora", "p2p", "p2p_shuffled"} <= set(r["methods"])
@@ -43,6 +49,22 @@ def test_card_states_held_out_checks_on_both_splits(card):
             for c in by_task.values():
                 lo, hi = c["ci"]
                 assert lo <= c["diff"] <= hi and c["verdict"] in ("better", "worse", "tie") and c["detectable"] >= 0
+
+
+def test_card_states_what_it_does_outside_the_scored_tasks(card):
+    """Every training task is read somewhere on held-out users: by the report, or (long-form writing) by bench.chat,
+    whose readings the card then carries with the assistant-preservation bar."""
+    writing = set(card["training"]["tasks"]) - report_tasks(card)
+    if not writing:
+        return
+    chat = card["metrics"]["chat"]
+    assert writing <= set(chat["writing"]), writing - set(chat["writing"])
+    for task in writing:
+        own_base = chat["writing"][task]["own_minus_base"]
+        assert own_base["ci"][0] <= own_base["diff"] <= own_base["ci"][1]
+    p = chat["preservation"]
+    assert {"length_ratio", "short_share", "base_short_share", "base_reply_loss_diff"} <= set(p)
+    assert card["limits"], "a chat hypernet states in words what it does not do"
 
 
 def test_card_names_the_weights_it_scored(card):

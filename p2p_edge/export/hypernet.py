@@ -83,6 +83,25 @@ def export(checkpoint: Path, out: Path, fp16: bool = False, extra_meta: dict | N
     return write_card(out, model, meta, "float16" if fp16 else "float32")
 
 
+def bench_readings(chat: str | None, target_nll: Path | None) -> dict:
+    """Card metrics from the benchmarks beside the report's: what the hypernet does outside the report's tasks."""
+    out: dict = {}
+    if chat:
+        path, _, name = chat.rpartition("=")
+        r = json.loads(Path(path).read_text(encoding="utf-8"))
+        p = r["preservation"][name]
+        out["chat"] = {"source": path, "part": r["part"], "reply_scale": r["reply_scales"][name],
+                       "n_prompts": r["n_prompts"], "chat_users": r["chat_users"],
+                       "preservation": {"length_ratio": p["length_ratio"], "short_share": p["short_share"],
+                                        "base_short_share": r["base"]["short_share"],
+                                        "base_reply_loss_diff": p["base_reply_nll_delta"],
+                                        "null_length_ratio": p.get("null_length_ratio")},
+                       "writing": r["writing"][name]}
+    if target_nll:
+        out["target_nll"] = {"source": str(target_nll), **json.loads(target_nll.read_text(encoding="utf-8"))}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", type=Path)
@@ -92,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--id", help="hypernet id recorded in the card and in every adapter it makes")
     ap.add_argument("--chat-scale", type=float, help="the LoRA strength chat uses by default (card field chat_scale)")
     ap.add_argument("--limits", help="what the hypernet does not do, in words (card field limits)")
+    ap.add_argument("--chat", metavar="FILE=NAME", help="a bench.chat result and the hypernet's name in it: its "
+                    "preservation and writing readings go into the card (metrics.chat)")
+    ap.add_argument("--target-nll", type=Path, metavar="FILE", help="a bench.target_nll result for the card "
+                    "(metrics.target_nll)")
     args = ap.parse_args(argv)
     # check both inputs before anything is written
     if not args.checkpoint.is_file():
@@ -101,6 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         extra = {"metrics": json.loads(args.metrics.read_text(encoding="utf-8"))} if args.metrics else {}
     except (OSError, ValueError) as e:
         print(f"error: --metrics {args.metrics}: {e}", file=sys.stderr)
+        return 2
+    try:
+        if extra.get("metrics") and (args.chat or args.target_nll):
+            extra["metrics"] = {**extra["metrics"], **bench_readings(args.chat, args.target_nll)}
+            # the report scored these by decoded answers; the long-form writing tasks are read by bench.chat
+            first = next(iter(extra["metrics"]["splits"].values()))
+            extra["metrics"]["scored_tasks"] = sorted(first["checks"]["p2p-base"])
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: --chat / --target-nll: {e}", file=sys.stderr)
         return 2
     if args.id:
         extra["id"] = args.id
