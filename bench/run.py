@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_CONFIG = ROOT / "configs" / "train_default.toml"
 DEFAULT_MT_LORA = ROOT / "bench" / "assets" / "mt_lora.gguf"
-CHAT_CONFIG = ROOT / "configs" / "train_chat.toml"   # has the long-form writing tasks bench.chat scores
+CHAT_CONFIG = ROOT / "configs" / "train_chat_kl.toml"   # the shipped hypernet's recipe: its writing tasks and users
 
 
 def parse_args(argv=None) -> argparse.Namespace:

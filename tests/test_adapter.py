@@ -458,3 +458,13 @@ def test_export_peft_loads_in_peft_with_the_same_delta(tmp_path, lora):
     for m in TARGET_MODULES:
         after = getattr(merged.model.layers[1].self_attn, m).weight.detach()
         torch.testing.assert_close(after - before[m], torch.from_numpy(lora.delta(m, 1)), rtol=1e-4, atol=1e-5)
+
+
+def test_a_control_character_in_a_tensor_name_still_gives_one_line(tmp_path, valid):
+    """Found by the fuzz test above: a name from the file is quoted in the error, so it is escaped there."""
+    data = valid.read_bytes().replace(b"blk.1.attn_q.weight.lora_a", b"blk.1.att\n_q.weight.lora_a", 1)
+    bad = tmp_path / "newline.gguf"
+    bad.write_bytes(data)
+    with pytest.raises(ModelFileError) as e:
+        read_adapter(bad, TINY)
+    assert "\n" not in str(e.value) and "att\\n_q" in str(e.value)

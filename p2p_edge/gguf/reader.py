@@ -52,6 +52,10 @@ _SCALAR_FORMATS = {
 
 # --------------------------------------------------------------------------------------------------- reading
 
+def _printable(s: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
 class _Invalid(Exception):
     """A problem with the file; read_adapter turns it into one ModelFileError line naming the file."""
 
@@ -71,8 +75,8 @@ def read_adapter(path, base: BaseSpec | None = None) -> tuple[LoraWeights, dict[
     path = Path(path)
     try:
         return _read(path, base)
-    except _Invalid as e:
-        raise ModelFileError(f"{path}: {e}") from None
+    except _Invalid as e:   # names and keys come from the file: escape what would break the one line
+        raise ModelFileError(f"{path}: {_printable(str(e))}") from None
     except OSError as e:
         raise ModelFileError(f"{path}: cannot read adapter file ({e.strerror or e})") from None
     except (struct.error, ValueError, IndexError, KeyError, TypeError, OverflowError, MemoryError) as e:
