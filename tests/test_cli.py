@@ -425,7 +425,7 @@ def test_info_in_process(use_encoder, tmp_path):
     assert r.exit_code == 0, r.output
     rows = {line[:11].strip(): line[12:].removesuffix("  (missing)") for line in r.stdout.splitlines()}
     assert set(rows) == {"base model", "encoder", "hypernet", "data dir", "cache dir", "hypernet id", "limits"}
-    assert rows["hypernet id"].startswith("p2p-smollm2-135m") and "chat" in rows["limits"]   # the card's own words
+    assert rows["hypernet id"].startswith("p2p-smollm2-135m") and "chat" in rows["limits"].lower()   # the card's own words
     assert rows["encoder"] == str(use_encoder)
     assert rows["data dir"] == os.environ["P2P_EDGE_HOME"]
     assert "base model  " in r.stdout and "(missing)" not in r.stdout.split("\n")[0]
