@@ -13,24 +13,28 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from p2p_edge.fileio import atomic_path
 from p2p_edge.hypernet.card import HypernetCard, card_path_for
-from p2p_edge.train.checkpoint import hypernet_from, read_checkpoint
-from p2p_edge.train.model import HypernetModule
+
+if TYPE_CHECKING:   # torch is imported only where a checkpoint is read or exported: the card code needs none
+    from p2p_edge.train.model import HypernetModule
 
 OPSET = 17
 
 
 def load_checkpoint(path: Path) -> tuple[HypernetModule, dict]:
+    from p2p_edge.train.checkpoint import hypernet_from, read_checkpoint
+
     ckpt = read_checkpoint(path, method="p2p")
     return hypernet_from(ckpt), ckpt.get("meta", {})
 
 
 def export_onnx(model: HypernetModule, out: Path, fp16: bool = False) -> None:
     """torch -> ONNX (legacy TorchScript exporter: deterministic and dependency-free for an MLP)."""
+    import torch
+
     model = model.eval().float()
     names = [f"{m}.{p}" for m in model.cfg.modules for p in ("lora_a", "lora_b")]
     dummy = torch.zeros(1, model.cfg.emb_dim)
