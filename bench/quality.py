@@ -65,7 +65,7 @@ def run_quality(corpus, tests: dict[str, list[str]], *, llm, hypernet, encoder, 
         methods.append(Method("mt_lora", lambda u, t: mt_lora))
     if oppu_adapter_for is not None:
         methods.append(Method("oppu", oppu_adapter_for, users=oppu_uids))
-    scores, timings = evaluate(llm, corpus, {s: tests[s] for s in ("random", "ood")}, methods, hypernet=hypernet,
+    scores, timings = evaluate(llm, corpus, tests, methods, hypernet=hypernet,
                                emb=corpus.emb["full"], compare=METHODS, log=lambda m: log(f"quality: {m}"))
     quality, paired, changes = {}, {}, {}
     for split, s in scores.items():

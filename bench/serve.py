@@ -31,19 +31,14 @@ import time
 from pathlib import Path
 
 from bench.output import run_and_write
+from bench.robustness.common import TOPICS as ROBUSTNESS_TOPICS
 from p2p_edge.errors import P2PError
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["Recommend me something to buy.", "What should I do this weekend?", "Write one sentence about music.",
            "Give me a tip for my hobby.", "What is a good gift for a friend?", "Describe a perfect morning."]
-TOPICS = {
-    "music": "guitar capo strings amp pedal chord tuning pick fret bass drum cable".split(),
-    "baking": "sourdough starter flour oven crust proof loaf rye yeast dough crumb".split(),
-    "travel": "train hostel backpack ferry passport map museum coast hike border".split(),
-    "tech": "laptop keyboard battery screen charger mouse ssd router firmware port".split(),
-    "garden": "tomato seedling compost hose trowel basil soil mulch pruning shed".split(),
-    "books": "novel chapter author paperback library poetry thriller plot series".split(),
-}
+# the robustness bench's synthetic topics (six of them: the users measured in bench/results/serve.md)
+TOPICS = {k: ROBUSTNESS_TOPICS[k] for k in ("music", "baking", "travel", "tech", "garden", "books")}
 
 
 def free_port() -> int:

@@ -23,7 +23,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from p2p_edge.base import read_base_spec
+from p2p_edge.base import file_sha256, read_base_spec
+from p2p_edge.chat import parse_scale
 from p2p_edge.errors import InputError, ModelFileError, P2PError
 from p2p_edge.fileio import ensure_private_dir
 from p2p_edge.gguf import LoraWeights, export_peft, read_adapter, write_adapter
@@ -47,7 +48,7 @@ def export_adapter(adapter: Path, fmt: str, out: Path, *, base_model: Path | Non
     base_path = Path(base_model) if base_model else default_base_model()
     base = read_base_spec(base_path, cache_dir() / "sha256.json")
     lora, meta = read_adapter(adapter, base)
-    scale = _chat_scale(meta)
+    scale = parse_scale(meta.get("chat_scale", "1.0")) or 1.0   # absent, unreadable or 0: the trained strength
     ensure_private_dir(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -55,7 +56,7 @@ def export_adapter(adapter: Path, fmt: str, out: Path, *, base_model: Path | Non
         if fmt == "peft":
             export_peft(lora, tmp, HF_BASE_ID)
             info = {"format": "p2p-edge-export/1", "base_model": HF_BASE_ID, "chat_scale": scale,
-                    "adapter_sha256": _sha256(adapter), "hypernet": meta.get("hypernet", "")}
+                    "adapter_sha256": file_sha256(adapter), "hypernet": meta.get("hypernet", "")}
             _write_private(tmp / "p2p-edge.json", json.dumps(info, indent=2) + "\n")
         else:
             template = _chat_template(base_path)
@@ -94,14 +95,6 @@ def _quoted_path(p: Path) -> str:
     return f'"{s}"' if any(c.isspace() for c in s) else s
 
 
-def _chat_scale(meta: dict[str, str]) -> float:
-    try:
-        s = float(meta.get("chat_scale", 1.0))
-    except ValueError:
-        return 1.0
-    return s if 0 < s <= 4 else 1.0
-
-
 def _chat_template(base_path: Path) -> str:
     from gguf import GGUFReader
 
@@ -110,12 +103,6 @@ def _chat_template(base_path: Path) -> str:
         return str(field.contents()) if field is not None else ""
     except (OSError, ValueError) as e:
         raise ModelFileError(f"{base_path}: cannot read its chat template ({e})") from None
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _write_private(path: Path, text: str) -> None:

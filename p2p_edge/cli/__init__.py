@@ -17,6 +17,7 @@ import typer
 
 from p2p_edge.cli.errors import DEBUG, friendly_errors
 from p2p_edge.cli.lab import app as lab_app
+from p2p_edge.cli.lab import train as lab_train
 from p2p_edge.errors import P2PError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub from the client
@@ -125,7 +126,7 @@ def chat(
 
 
 app.add_typer(lab_app, name="lab", help="Train, fold, select, report and export hypernets (needs the train extra).")
-app.command(name="train", help="Train a hypernet across users (= p2p-edge lab train).")(lab_app.registered_commands[0].callback)
+app.command(name="train", help="Train a hypernet across users (= p2p-edge lab train).")(lab_train)
 
 
 @app.command(name="export")

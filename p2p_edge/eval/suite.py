@@ -46,7 +46,7 @@ class SplitScore:
 def validation_users(corpus) -> dict[str, list[str]]:
     """split -> its validation users that are no test user of either split (choosing never sees a test user)."""
     every_test = set(corpus.splits["random"]["test"]) | set(corpus.splits["ood"]["test"])
-    return {s: [u for u in corpus.splits[s]["val"] if u not in every_test] for s in ("random", "ood")}
+    return {s: [u for u in corpus.splits[s]["val"] if u not in every_test] for s in SPLITS}
 
 
 def held_out_users(corpus, part: str) -> dict[str, list[str]]:
@@ -54,7 +54,7 @@ def held_out_users(corpus, part: str) -> dict[str, list[str]]:
     user of either split: a random-split val user may be an OOD test user)."""
     if part == "val":
         return validation_users(corpus)
-    return {s: list(corpus.splits[s]["test"]) for s in ("random", "ood")}
+    return {s: list(corpus.splits[s]["test"]) for s in SPLITS}
 
 
 def union(users_of: dict[str, list[str]]) -> list[str]:

@@ -321,7 +321,7 @@ def main(argv=None) -> int:
                "reused": str(args.reuse) if args.reuse else None,
                "queries_per_user_task": args.queries_per_user_task, "part": args.part, "splits": {}}
     # with --part val the prior's rule is picked on the users it is scored on
-    scores, _ = evaluate(llm, corpus, {s: users_of[s] for s in ("random", "ood")}, methods, hypernet=hyper,
+    scores, _ = evaluate(llm, corpus, users_of, methods, hypernet=hyper,
                          emb=corpus.emb["full"], compare=COMPARE, known=known, known_by_split=reused, log=log)
     for split, s in scores.items():
         results["splits"][split] = {
