@@ -55,3 +55,46 @@ def test_bad_checkpoints_are_one_error_naming_the_file(tmp_path):
     save(tmp_path / "mt.pt", "mt_lora", SharedLora(CFG))
     with pytest.raises(InputError, match="a p2p checkpoint is needed, this one was trained with 'mt_lora'"):
         read_checkpoint(tmp_path / "mt.pt", method="p2p")
+
+
+def exported(tmp_path, **cfg_kw):
+    """A tiny random hypernet (B heads non-zero) exported as the client's ONNX + card, and the module itself."""
+    from p2p_edge.export.hypernet import export_onnx, write_card
+
+    torch.manual_seed(1)
+    gen = HypernetModule(HypernetModuleConfig(**{**CFG.to_dict(), **cfg_kw})).eval()
+    for m in gen.cfg.modules:
+        torch.nn.init.normal_(gen.head_b[m].weight, std=0.02)
+    out = tmp_path / "hypernet.onnx"
+    export_onnx(gen, out)
+    write_card(out, gen, {"base_model": {"name": "tiny", "sha256": "0" * 64, "arch": "llama"},
+                          "encoder": {"name": "enc", "dim": 8}}, "float32")
+    return out, gen
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_an_exported_hypernet_reads_back_as_its_weights(tmp_path, shared):
+    pytest.importorskip("onnx")
+    out, gen = exported(tmp_path, shared_lora=shared)
+    ck = read_checkpoint(out, method="p2p")
+    assert ck["method"] == "p2p" and ck["step"] == 0 and ck["config"] == gen.cfg.to_dict()
+    want = gen.state_dict()
+    assert set(ck["state_dict"]) == set(want)
+    for k, v in want.items():
+        torch.testing.assert_close(ck["state_dict"][k], v, rtol=0, atol=0, msg=k)   # the same numbers, not close ones
+
+
+def test_an_exported_hypernet_that_does_not_match_its_card_is_refused(tmp_path):
+    pytest.importorskip("onnx")
+    import json
+
+    out, _ = exported(tmp_path)
+    card = json.loads(out.with_suffix(".json").read_text())
+    card["hypernet_config"]["hidden"] = 128
+    out.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(InputError, match="hypernet.onnx: its weights do not fit its card's hypernet_config"):
+        read_checkpoint(out)
+    (tmp_path / "good").mkdir()
+    good, _ = exported(tmp_path / "good")
+    with pytest.raises(InputError, match="an exported hypernet is a p2p one"):
+        read_checkpoint(good, method="mt_lora")

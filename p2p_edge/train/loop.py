@@ -140,7 +140,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
     val_start = resumed_val_start
     if start == 0 and t.diverge_ratio and val_rows:
         val_start = val_loss()
-        log(f"step 0: val loss {val_start:.4f} (no adapter yet)")
+        log(f"step 0: val loss {val_start:.4f} ({'the initial weights' if t.init_from else 'no adapter yet'})")
         if acc.is_main_process:
             logf.write(json.dumps({"step": 0, "val_loss": val_start}) + "\n")
 
