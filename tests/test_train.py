@@ -487,3 +487,17 @@ def test_an_evaluation_config_must_build_the_vectors_the_hypernet_was_trained_on
         check_card_profile(card({"top_k": 2}), cfg, "h.onnx")   # a v1 card: no habits vector
     with pytest.raises(InputError, match="profiles.top_k"):
         check_card_profile(card({"top_k": 3, "habits_weight": 1.0}), cfg, "h.onnx")
+
+
+@pytest.mark.parametrize("requested, cuda, cpu_bf16, used", [
+    ("bf16", False, False, "no"),     # a CPU without bf16 instructions: a reference loop, ~100x slower
+    ("bf16", False, True, "bf16"),
+    ("fp16", False, True, "no"),      # fp16 autocast only on a GPU
+    ("fp16", True, False, "fp16"),
+    ("bf16", True, False, "bf16"),
+    ("no", False, True, "no"),
+])
+def test_autocast_precision_is_what_the_device_runs_natively(requested, cuda, cpu_bf16, used):
+    from p2p_edge.train.loop import autocast_precision
+
+    assert autocast_precision(requested, cuda=cuda, cpu_bf16=cpu_bf16) == used
