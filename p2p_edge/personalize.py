@@ -24,7 +24,7 @@ from .fileio import atomic_write_text, ensure_private_dir, remove_temps
 from .history import History, load_history
 from .hypernet import Hypernet
 from .paths import PROMPTS_DIR, data_dir
-from .profile import PROFILE_FORMAT, EmbeddingCache, Profile, SummaryCache, build_profile, generate_summary, habits_text, item_text
+from .profile import PROFILE_FORMAT, EmbeddingCache, Profile, SummaryCache, build_profile, generate_summary, habits_text
 
 RETRIEVAL_WINDOW = 256  # most recent items considered for retrieval: bounds latency for huge histories
 
@@ -152,10 +152,10 @@ class Client:
         T["summary"] = (t2 - t1) * 1e3
 
         k = top_k if top_k is not None else self.hypernet.card.top_k
-        vecs = self.embeddings.encode(self.encoder.encode, [item_text(it) for it in history.items], history.sha256)
+        encoder = self.embeddings.encoder_for(self.encoder, history.sha256)   # a warm run encodes nothing
         habits = habits_text(history.label_counts, history.rating_sum, history.rating_count)
-        profile = build_profile(self.encoder, history.items, summary=summ, summary_source=source, top_k=k,
-                                item_vecs=vecs, habits=habits, habits_weight=self.hypernet.card.habits_weight)
+        profile = build_profile(encoder, history.items, summary=summ, summary_source=source, top_k=k,
+                                habits=habits, habits_weight=self.hypernet.card.habits_weight)
         t3 = time.perf_counter()
         T["encode"] = (t3 - t2) * 1e3
 

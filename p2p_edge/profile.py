@@ -192,7 +192,8 @@ class SummaryCache:
 
 
 class EmbeddingCache:
-    """Item embeddings keyed by sha1 of the item's profile text, one private .npz per (encoder, history)."""
+    """Vectors of a history's texts (its items' profile texts, its summary, its profile text) keyed by the sha1 of
+    the text, one private .npz per (encoder, history): personalizing the same history again encodes nothing."""
 
     def __init__(self, encoder_id: str, root=None):
         self.root = (root or cache_dir()) / "embeddings" / hashlib.sha1(encoder_id.encode()).hexdigest()[:16]
@@ -217,14 +218,17 @@ class EmbeddingCache:
                 known[keys[i]] = v
             import io
 
-            buf = io.BytesIO()
-            np.savez(buf, keys=np.array(keys), vecs=np.stack([known[k] for k in keys]))
+            buf = io.BytesIO()   # every vector this history's file held stays: items, summary and profile texts
+            np.savez(buf, keys=np.array(list(known)), vecs=np.stack(list(known.values())))
             ensure_private_dir(self.root)
             atomic_write_bytes(path, buf.getvalue())
         return np.stack([known[k] for k in keys]).astype(np.float32)
 
+    def encoder_for(self, encoder, history_sha: str) -> "CachedEncoder":
+        return CachedEncoder(encoder, self, history_sha)
+
     def delete_for_history(self, history_sha: str) -> int:
-        """Delete this history's item vectors under EVERY encoder's cache dir; returns how many files."""
+        """Delete this history's vectors under EVERY encoder's cache dir; returns how many files."""
         base = self.root.parent
         n = 0
         for p in base.glob(f"*/{history_sha[:32]}.npz") if base.is_dir() else []:
@@ -233,6 +237,24 @@ class EmbeddingCache:
         for d in base.iterdir() if base.is_dir() else []:  # temp files of killed writes
             n += remove_temps(d, [f"{history_sha[:32]}.npz"])
         return n
+
+
+@dataclass
+class CachedEncoder:
+    """An encoder (dim, encode) whose vectors go through a history's EmbeddingCache: what build_profile is given
+    on the client, so a warm run reads the summary's and the profile text's vectors instead of encoding them."""
+    encoder: Any
+    cache: EmbeddingCache
+    history_sha: str
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return self.cache.encode(self.encoder.encode, texts, self.history_sha)
 
 
 def build_profile(

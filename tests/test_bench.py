@@ -101,7 +101,12 @@ def test_bench_quality_and_latency_offline(no_network, dataset, tmp_path, use_en
     json.dumps(quality)  # quality.json is plain JSON
 
     client = Client(hypernet_path=random_hypernet_path, llm=llm)
+    encoded: list[list[str]] = []
+    encode = client.encoder.encode
+    client.encoder.encode = lambda texts, **kw: encoded.append(list(texts)) or encode(texts, **kw)
     lat = p2p_latency(client, corpus, corpus.uids[:2], tmp_path, log=lambda m: None)
+    # cold: each user's items, summary and profile text are encoded; warm: nothing (all cached by content)
+    assert [len(c) for c in encoded[1:3]] == [1, 1] and len(encoded) == 6
     cold, warm = lat["per_user_ms"]["cold"], lat["per_user_ms"]["warm"]
     assert all(r["summary"] > 0 for r in cold) and all(r["total"] > 0 for r in warm)
     assert all(w["summary"] < c["summary"] for c, w in zip(cold, warm))  # the second pass hits the summary cache

@@ -287,6 +287,22 @@ def test_build_profile_with_precomputed_vectors_and_no_summary():
     assert prof.summary is None and prof.summary_source == "none"
 
 
+def test_build_profile_through_the_cache_encodes_nothing_the_second_time(tmp_path):
+    enc = FakeEncoder()
+    items = [item(f"t{i}", i, id=f"id{i}") for i in range(5)]
+    cache = P.EmbeddingCache("fake", root=tmp_path)
+    kw = dict(summary="SUMMARY", summary_source="cache", top_k=2, habits="average rating 3.0", habits_weight=0.5)
+    first = build_profile(cache.encoder_for(enc, "h" * 64), items, **kw)
+    assert enc.calls == [[item_text(it) for it in items], ["SUMMARY"], [first.text], [P.habits_line(kw["habits"])]]
+    enc.calls.clear()
+    again = build_profile(cache.encoder_for(enc, "h" * 64), items, **kw)
+    assert enc.calls == []                          # items, summary, profile text and habits line all cached
+    assert again.text == first.text and again.retrieved_ids == first.retrieved_ids
+    np.testing.assert_allclose(again.embedding, first.embedding, rtol=1e-6)
+    build_profile(cache.encoder_for(enc, "k" * 64), items, **kw)   # another history: its own file
+    assert len(enc.calls) == 4
+
+
 def test_build_profile_real_encoder_retrieves_by_meaning(encoder_dir):
     from p2p_edge.encoder import Encoder
 
