@@ -1,8 +1,10 @@
-"""Does the packaged int8 sentence encoder change what the client does? Against the float32 export, on held-out users.
+"""Would an int8 sentence encoder change what the client does? Against the float32 export, on held-out users.
 
     python -m p2p_edge.export.encoder --int8 --out DIR        # needs the export extra
-    python -m bench.encoder_int8 --int8 DIR [--config configs/train_default.toml] [--part test] [--answer-users 40]
-                                 [--out bench/results/encoder_int8]
+    python -m bench.encoder_int8 --int8 DIR [--config configs/train_default.toml] [--part test]
+                                 [--answer-users 40] [--out bench/results/encoder_int8]
+
+(`--int8` pointed at a second float32 export is the control: it measures whether answering is deterministic.)
 
 1. Profile vectors: every held-out user's profile vector (test users of both splits, the shipped hypernet's
    profile settings) from each encoder; cosine int8 vs float32 (min, 1st percentile, mean).
@@ -123,11 +125,11 @@ def render(r: dict, cmd: str) -> str:
 
 
 def main(argv=None) -> int:
-    from p2p_edge.paths import ASSETS_DIR, data_dir
+    from p2p_edge.paths import ASSETS_DIR, encoder_dir
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "train_default.toml")
-    ap.add_argument("--fp32", type=Path, default=data_dir() / "encoder" / "all-MiniLM-L6-v2")
+    ap.add_argument("--fp32", type=Path, default=encoder_dir())
     ap.add_argument("--int8", type=Path, required=True, help="an int8 export (python -m p2p_edge.export.encoder --int8)")
     ap.add_argument("--hypernet", type=Path, default=ASSETS_DIR / "hypernet.onnx")
     ap.add_argument("--part", choices=("test", "val"), default="test")
