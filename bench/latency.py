@@ -26,7 +26,8 @@ def write_history(items: list[dict], path: Path) -> Path:
 
 
 def p2p_latency(client, corpus, uids: list[str], tmp: Path, log=print) -> dict:
-    """Personalize every user twice: cold (summary generated, item vectors encoded) then warm (both cached).
+    """Personalize every user twice: cold (summary generated, vectors encoded) then warm (the same history again:
+    summary and every vector cached).
     The client must have been created on a fresh data/cache dir so the first pass is really cold."""
     hist = {u: write_history(corpus.profiles[u]["items"], tmp / f"h{i}.jsonl") for i, u in enumerate(uids)}
     runs = {}

@@ -23,7 +23,7 @@ def latency_section(lat: dict) -> list[str]:
     lines = [
         "## Latency: history → adapter loaded in llama.cpp", "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads for every method. P2P timed on "
-        f"{lat['n_users']} users (cold: summary generated; warm: summary and item vectors cached). OPPU timed on "
+        f"{lat['n_users']} users (cold: summary generated; warm: the same history again, its summary and the vectors of its items, summary and profile text cached). OPPU timed on "
         f"{lat['oppu_n_users_timed']} of the same users: {o['cfg']['steps']} AdamW steps × batch {o['cfg']['batch_size']} "
         f"(lr {o['cfg']['lr']}, rank {o['cfg']['rank']}, q_proj+v_proj, max_len {o['cfg']['max_len']}) on the user's "
         f"history items as task examples, then GGUF write and load; its torch base model loads once "
