@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "rating and classification tasks keep all reserved queries")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-oppu", action="store_true",
+                    help="quality without OPPU (no per-user fine-tunes: a re-run of the other methods' tables)")
     ap.add_argument("--skip-chat", action="store_true",
                     help="skip bench.chat (assistant preservation and personal writing of the hypernet)")
     ap.add_argument("--chat-config", type=Path, default=CHAT_CONFIG,
@@ -211,7 +213,8 @@ def main(argv=None) -> int:
         oppu_tests = held_out_users(cfg, args.oppu_test_users)
         oppu_uids = sorted(u for s in oppu_tests for u in oppu_tests[s] if u in set(tests[s]))
         quality, paired, timings, changes = run_quality(corpus, tests, llm=client.llm, hypernet=client.hypernet,
-                                               encoder=client.encoder, mt_lora=mt, oppu_adapter_for=oppu_for,
+                                               encoder=client.encoder, mt_lora=mt,
+                                               oppu_adapter_for=None if args.skip_oppu else oppu_for,
                                                top_k=int(cfg.profiles.top_k), oppu_uids=oppu_uids, log=log)
         q = {"meta": {"hypernet": client.hypernet.card.id, "config": str(args.config.resolve().relative_to(ROOT))
                       if args.config.resolve().is_relative_to(ROOT) else str(args.config),
@@ -219,7 +222,7 @@ def main(argv=None) -> int:
                       "shuffle": "same_dataset", "top_k": int(cfg.profiles.top_k),
                       "n_test_users": {s: len(u) for s, u in tests.items()},
                       "primary_metric": {t: corpus.tasks[t].primary_metric for t in corpus.tasks},
-                      "oppu": asdict(trainer.cfg), "oppu_test_users_per_split_dataset": args.oppu_test_users,
+                      "oppu": None if args.skip_oppu else asdict(trainer.cfg), "oppu_test_users_per_split_dataset": args.oppu_test_users,
                       "method_seconds": timings},
              "quality": quality, "paired": paired, "answer_changes": changes}
         q["run"] = provenance(t_quality)
