@@ -65,6 +65,9 @@ def exported(tmp_path, **cfg_kw):
     gen = HypernetModule(HypernetModuleConfig(**{**CFG.to_dict(), **cfg_kw})).eval()
     for m in gen.cfg.modules:
         torch.nn.init.normal_(gen.head_b[m].weight, std=0.02)
+    if gen.cfg.profile_branch:   # trained-looking: fitted standardisation, a last layer no longer zero
+        gen.set_profile_stats(torch.randn(20, gen.cfg.emb_dim) * 0.3 + 0.1)
+        torch.nn.init.normal_(gen.profile_in[2].weight, std=0.1)
     out = tmp_path / "hypernet.onnx"
     export_onnx(gen, out)
     write_card(out, gen, {"base_model": {"name": "tiny", "sha256": "0" * 64, "arch": "llama"},
@@ -72,10 +75,10 @@ def exported(tmp_path, **cfg_kw):
     return out, gen
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_an_exported_hypernet_reads_back_as_its_weights(tmp_path, shared):
+@pytest.mark.parametrize("shared,branch", [(False, False), (True, False), (False, True)])
+def test_an_exported_hypernet_reads_back_as_its_weights(tmp_path, shared, branch):
     pytest.importorskip("onnx")
-    out, gen = exported(tmp_path, shared_lora=shared)
+    out, gen = exported(tmp_path, shared_lora=shared, profile_branch=branch)
     ck = read_checkpoint(out, method="p2p")
     assert ck["method"] == "p2p" and ck["step"] == 0 and ck["config"] == gen.cfg.to_dict()
     want = gen.state_dict()

@@ -501,3 +501,41 @@ def test_autocast_precision_is_what_the_device_runs_natively(requested, cuda, cp
     from p2p_edge.train.loop import autocast_precision
 
     assert autocast_precision(requested, cuda=cuda, cpu_bf16=cpu_bf16) == used
+
+
+def test_profile_branch_trains_and_joins_a_model_trained_without_it(tmp_path):
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    rows = two_user_rows(tok)
+    # the users differ by little beside a large shared part: the branch standardises that difference
+    emb = (np.ones((3, 8)) + 0.01 * np.random.default_rng(0).standard_normal((3, 8))).astype(np.float32)
+    quiet = lambda *_: None  # noqa: E731
+    plain = train(tiny_cfg(tmp_path / "a", steps=5), model, tok, rows, rows[:2], emb, out_dir=tmp_path / "a",
+                  meta={}, progress=False, log=quiet).eval()
+    # warm start with the branch from a checkpoint without it: lr 0 -> the same LoRAs (the branch starts at zero),
+    # its standardisation from the training users' rows (0 and 1; row 2 is nobody's here)
+    cfg = tiny_cfg(tmp_path / "b", steps=3, lr=0.0, init_from=str(tmp_path / "a" / "last.pt"))
+    cfg.hypernet.profile_branch = True
+    msgs = []
+    warm = train(cfg, model, tok, rows, rows[:2], emb, out_dir=tmp_path / "b", meta={}, progress=False,
+                 log=msgs.append).eval()
+    assert any("standardised over 2 training users" in m for m in msgs)
+    torch.testing.assert_close(warm.profile_mean, torch.from_numpy(emb[:2].mean(0)))
+    e = torch.from_numpy(emb)
+    with torch.no_grad():
+        for k, v in plain(e).items():
+            torch.testing.assert_close(warm(e)[k], v, rtol=0, atol=1e-6)
+    # trained with the branch, it tells the two users apart
+    cfg = tiny_cfg(tmp_path / "c", steps=80)
+    cfg.hypernet.profile_branch = True
+    gen = train(cfg, model, tok, rows, rows[:2], emb, out_dir=tmp_path / "c", meta={}, progress=False, log=quiet).eval()
+    red, blue = tok.convert_tokens_to_ids("red"), tok.convert_tokens_to_ids("blue")
+    la = first_target_logits(model, tok, gen, emb, rows[0])
+    lb = first_target_logits(model, tok, gen, emb, rows[1])
+    assert la[red] > la[blue] and lb[blue] > lb[red]
+    # a checkpoint WITH the branch does not fit a config without it
+    from p2p_edge.errors import InputError
+
+    with pytest.raises(InputError, match="train.init_from.*unexpected keys"):
+        train(tiny_cfg(tmp_path / "d", steps=1, init_from=str(tmp_path / "c" / "last.pt")), model, tok, rows,
+              rows[:2], emb, out_dir=tmp_path / "d", meta={}, progress=False, log=quiet)

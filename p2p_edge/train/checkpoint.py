@@ -91,6 +91,9 @@ def checkpoint_from_onnx(path: Path, *, atol: float = 1e-5) -> dict:
             consumers.setdefault(name, []).append(node)
     prefix = "inner."   # export_onnx wraps the module as `inner`
     sd = {k[len(prefix):]: v for k, v in inits.items() if k.startswith(prefix)}
+    for node in graph.node:   # the exporter keeps one copy of equal initializers (e.g. two zero biases)
+        if node.op_type == "Identity" and node.output[0].startswith(prefix) and node.input[0] in inits:
+            sd[node.output[0][len(prefix):]] = inits[node.input[0]]
     for node in graph.node:
         if node.op_type == "MatMul" and node.input[1] in inits and not node.input[1].startswith(prefix):
             bias = [i for c in consumers.get(node.output[0], []) if c.op_type == "Add" for i in c.input

@@ -43,6 +43,12 @@ class HypernetSettings:
     # true: A = A_shared[l, m] + A_hyper(e, l, m) (same for B), with free per-(layer, module) shared matrices that
     # learn the common adaptation as fast as MT-LoRA does, so the MLP only has to model how users differ
     shared_lora: bool = False
+    # true: the profile also reaches the heads through its own path, standardised per dimension over the training
+    # users (mean and std fixed when training starts, stored in the model and the export). In the trunk the unit-norm
+    # profile is ~1/70 of the LayerNorm's input energy beside the module-type and depth embeddings, and what differs
+    # from user to user is a fraction of that. The path is an MLP whose last layer starts at zero, so a model
+    # continued from one without it starts from that model's exact outputs.
+    profile_branch: bool = False
 
 
 @dataclass

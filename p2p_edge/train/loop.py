@@ -76,6 +76,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
     opt = torch.optim.AdamW(gen.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     out_dir = ensure_private_dir(out_dir)
     start, last, resumed_val_start = 0, out_dir / "last.pt", None
+    branch_new = t.method == "p2p" and hcfg.profile_branch   # its standardisation is set below unless loaded
     good_file, good, lr_scale, rewinds_used = out_dir / "good.pt", None, 1.0, 0
     if not last.is_file() and t.init_from:  # warm start: weights only
         src = cfg.resolve(t.init_from)
@@ -84,14 +85,22 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
         if ck.get("method") != t.method:
             misfit = f"it was trained with method {ck.get('method')!r}, this config is {t.method!r}"
         else:
-            try:
-                gen.load_state_dict(ck["state_dict"])   # strict: names and shapes must match
+            try:   # strict: names and shapes must match, except a profile branch the source was trained without
+                missing, unexpected = gen.load_state_dict(ck["state_dict"], strict=False)
+                foreign = [k for k in missing if not (branch_new and k.startswith(HypernetModule.BRANCH_KEYS))]
+                if foreign or unexpected:
+                    misfit = f"missing keys {foreign[:3]}, unexpected keys {unexpected[:3]}"
+                branch_new = branch_new and bool(missing)
             except RuntimeError as e:
                 misfit = str(e).splitlines()[0]
         if misfit:
             raise InputError(cfg.source or src, f"checkpoint {src} does not fit this config: {misfit}",
                              field="train.init_from")
         log(f"initialised from {src} (step {ck['step']})")
+    if branch_new and not last.is_file():   # the training users' profiles: the rows the task examples come from
+        train_users = sorted({r.user for r in rows})
+        gen.set_profile_stats(torch.from_numpy(np.asarray(emb[train_users], np.float32)))
+        log(f"profile branch standardised over {len(train_users)} training users' profiles")
     if last.is_file():  # resume
         ck = read_checkpoint(last)
         gen.load_state_dict(ck["state_dict"])

@@ -68,20 +68,36 @@ class HypernetModule(nn.Module):
                  for m in cfg.modules})
             self.shared_b = nn.ParameterDict(
                 {m: nn.Parameter(torch.zeros(L, cfg.module_shapes[m][1], r)) for m in cfg.modules})
+        if cfg.profile_branch:
+            self.register_buffer("profile_mean", torch.zeros(cfg.emb_dim))
+            self.register_buffer("profile_std", torch.ones(cfg.emb_dim))
+            self.profile_in = nn.Sequential(nn.Linear(cfg.emb_dim, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.hidden))
+            nn.init.zeros_(self.profile_in[2].weight)
+            nn.init.zeros_(self.profile_in[2].bias)
         # Fixed index grids so one forward covers every (module, layer) pair.
         self.register_buffer("layer_idx", torch.arange(L), persistent=False)
+
+    BRANCH_KEYS = ("profile_mean", "profile_std", "profile_in.")
+
+    def set_profile_stats(self, profiles: torch.Tensor) -> None:
+        """The profile branch's standardisation from the training users' profile vectors (n_users, emb_dim)."""
+        self.profile_mean.copy_(profiles.mean(0))
+        self.profile_std.copy_(profiles.std(0).clamp(min=1e-6))
 
     def forward(self, e: torch.Tensor) -> dict[str, torch.Tensor]:
         """e: (batch, emb_dim) -> {"{m}.lora_a": (batch, L, r, in), "{m}.lora_b": (batch, L, out, r)}."""
         cfg, r = self.cfg, self.cfg.rank
         bsz, L = e.shape[0], cfg.n_layers
         depth = self.depth_emb(self.layer_idx)  # (L, d)
+        user = self.profile_in((e - self.profile_mean) / self.profile_std)[:, None, :] if cfg.profile_branch else None
         out = {}
         for mi, m in enumerate(cfg.modules):
             t = self.type_emb.weight[mi].expand(L, -1)
             cond = torch.cat([t, depth], dim=-1)  # (L, dt+dd)
             x = torch.cat([e[:, None, :].expand(bsz, L, -1), cond[None].expand(bsz, L, -1)], dim=-1)
             h = self.trunk(x)  # (batch, L, hidden)
+            if user is not None:
+                h = h + user
             n_in, n_out = cfg.module_shapes[m]
             a = self.head_a[m](h).view(bsz, L, r, n_in)
             b = self.head_b[m](h).view(bsz, L, n_out, r)
