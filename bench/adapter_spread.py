@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.chat import load_hypernets
 from bench.output import run_and_write
-from p2p_edge.errors import InputError
 
 
 def profile_spread(vecs: np.ndarray) -> dict:
@@ -61,18 +61,11 @@ def run(args, log) -> dict:
     from p2p_edge.encoder import Encoder
     from p2p_edge.eval.answer import null_profile_embedding
     from p2p_edge.eval.suite import held_out_users, union
-    from p2p_edge.hypernet import Hypernet
-    from p2p_edge.train.config import check_card_profile, load_config
+    from p2p_edge.train.config import load_config
     from p2p_edge.train.dataset import load_corpus
 
     cfg = load_config(args.config)
-    hypernets = {}
-    for spec in args.hypernet:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not Path(path).is_file():
-            raise InputError(spec, "expected NAME=PATH to an exported hypernet .onnx", field="hypernet")
-        hypernets[name] = (path, Hypernet(Path(path), threads=args.threads))
-        check_card_profile(hypernets[name][1].card, cfg, path)
+    hypernets = load_hypernets(args.hypernet, cfg, args.threads)
     encoder = Encoder(threads=args.threads)
     corpus = load_corpus(cfg, encoder, max_users=cfg.profiles.max_users)
     index, emb = corpus.index(), corpus.emb["full"]

@@ -50,6 +50,21 @@ def pick_users(uids: list[str], n: int) -> list[str]:
     return out
 
 
+def load_hypernets(specs: list[str], cfg, threads: int) -> dict:
+    """--hypernet NAME=PATH options -> {name: (path, Hypernet)}, each card checked against the config's profiles."""
+    from p2p_edge.hypernet import Hypernet
+    from p2p_edge.train.config import check_card_profile
+
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not Path(path).is_file():
+            raise InputError(spec, "expected NAME=PATH to an exported hypernet .onnx", field="hypernet")
+        out[name] = (path, Hypernet(Path(path), threads=threads))
+        check_card_profile(out[name][1].card, cfg, path)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ replies
 def words(text: str) -> int:
     return len(text.split())
@@ -107,9 +122,8 @@ def run(args, log) -> dict:
     from p2p_edge.gguf import write_adapter
     from p2p_edge.encoder import Encoder
     from p2p_edge.eval.answer import derangement, null_profile_embedding
-    from p2p_edge.hypernet import Hypernet
     from p2p_edge.runtime import LocalLLM
-    from p2p_edge.train.config import check_card_profile, load_config
+    from p2p_edge.train.config import load_config
     from p2p_edge.train.dataset import load_corpus
     from p2p_edge.train.lm import encode_example, load_base
     from p2p_edge.train.model import LoraInjector
@@ -120,13 +134,7 @@ def run(args, log) -> dict:
     cfg = load_config(args.config)
     prompts = read_prompts(args.prompts)[: args.max_prompts or None]
     system = system_prompt()
-    hypernets = {}
-    for spec in args.hypernet:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not Path(path).is_file():
-            raise InputError(spec, "expected NAME=PATH to an exported hypernet .onnx", field="hypernet")
-        hypernets[name] = Hypernet(Path(path), threads=args.threads)
-        check_card_profile(hypernets[name].card, cfg, path)
+    hypernets = {name: h for name, (_, h) in load_hypernets(args.hypernet, cfg, args.threads).items()}
     encoder = Encoder(threads=args.threads)
     corpus = load_corpus(cfg, encoder, max_users=cfg.profiles.max_users)
     index, emb = corpus.index(), corpus.emb["full"]
