@@ -124,6 +124,39 @@ def test_extra_cuts_add_training_users_from_earlier_history_only(tmp_path, datas
     assert not np.allclose(corpus.emb["full"][idx[u]], corpus.emb["full"][idx[u.split("@")[0]]])
 
 
+@pytest.mark.parametrize("fixed_splits", [False, True])
+def test_train_only_users_join_train_and_leave_val_and_test_as_they_were(tmp_path, dataset, fixed_splits):
+    from dataclasses import replace
+
+    from p2p_edge.errors import InputError
+    from p2p_edge.train.profiles import subsample_users
+
+    summaries_for(tmp_path, dataset, {f"user{u:02d}" for u in range(20)})
+
+    def corpus(splits_file="", **profiles):
+        c = config(tmp_path, splits_file=splits_file)
+        c = replace(c, profiles=replace(c.profiles, **profiles))
+        return load_corpus(c, HashEncoder(), max_users=c.profiles.max_users)
+
+    splits_file = ""
+    if fixed_splits:   # the splits a run of 12 of the 20 users saved
+        save_splits(tmp_path / "splits.json", corpus(max_users={"news": 12}).splits)
+        splits_file = str(tmp_path / "splits.json")
+    plain = corpus(splits_file, max_users={"news": 12})
+    more = corpus(splits_file, max_users={"news": 12}, train_only_users={"news": 5})
+    all_ids = [f"user{u:02d}" for u in range(20)]
+    added = {f"news/{u}" for u in set(subsample_users(all_ids, 17)) - set(subsample_users(all_ids, 12))}
+    assert len(added) == 5 and not added & set(plain.uids)
+    for split in ("random", "ood"):
+        for part in ("val", "test"):
+            assert sorted(more.splits[split][part]) == sorted(plain.splits[split][part])
+        assert set(more.splits[split]["train"]) == set(plain.splits[split]["train"]) | added
+    assert set(more.part("both", "train")) == set(plain.part("both", "train")) | added
+    assert len(more.uids) == 17 and more.emb["full"].shape == (17, 8)
+    with pytest.raises(InputError, match="profiles.train_only_users"):   # nothing comes after all 20 users
+        corpus(train_only_users={"news": 5})
+
+
 def test_earlier_cuts_keep_a_profile_at_least_as_long_as_the_queries():
     from p2p_edge.train.profiles import earlier_cuts
 

@@ -21,6 +21,10 @@ class ProfilesCfg:
     query_items: dict = field(default_factory=dict)  # dataset name -> last items per user reserved as queries
     default_query_items: int = 2
     max_users: dict = field(default_factory=dict)     # dataset name -> deterministic subsample size (0/absent = all)
+    # dataset name -> N: N more users of that dataset, next in max_users' subsample order, join the TRAIN part of
+    # both splits and never val or test. The splits, validation and test users stay those of max_users alone, so a
+    # recipe with more training users is read on exactly the users of the recipe without them. Needs max_users there.
+    train_only_users: dict = field(default_factory=dict)
     summaries_dir: str = "../runs/profiles"
     # dataset name -> N: each TRAIN user also gives up to N earlier (profile, queries) cuts as extra training users
     # (more distinct profiles and examples from long histories; their summaries: `profiles summaries --extra-cuts N`)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import P2PError
+from ..errors import InputError, P2PError
 from p2p_edge.eval.task import Task
 from p2p_edge.eval.task_config import load_config as load_task_config
 from .config import Config, dataset_name
@@ -88,8 +88,14 @@ def load_corpus(cfg: Config, encoder, *, max_users: dict | None = None, require_
         users = list(read_users(ds_path))
         summaries = load_summaries(cfg.resolve(cfg.profiles.summaries_dir) / f"{ds}.summaries.jsonl")
         limit = (max_users or {}).get(ds, 0)
-        keep = set(subsample_users([u["user_id"] for u in users], limit))
-        users = [u for u in users if u["user_id"] in keep]
+        all_ids = [u["user_id"] for u in users]
+        keep = set(subsample_users(all_ids, limit))
+        n_more = int(cfg.profiles.train_only_users.get(ds, 0))
+        if n_more and not 0 < limit < len(all_ids):
+            raise InputError(cfg.source, f"{ds}: train-only users come after a max_users subsample of fewer than its "
+                             f"{len(all_ids)} users; set profiles.max_users.{ds}", field="profiles.train_only_users")
+        more = set(subsample_users(all_ids, limit + n_more)) - keep if n_more else set()
+        users = [u for u in users if u["user_id"] in keep | more]
         missing = [u["user_id"] for u in users if (u["user_id"], len(profile_items(u, q))) not in summaries]
         if missing and require_summaries:
             raise P2PError(f"{ds}: {len(missing)} users have no cached summary (first: {missing[0]}); "
@@ -98,7 +104,7 @@ def load_corpus(cfg: Config, encoder, *, max_users: dict | None = None, require_
         # users it answers for; the others still count for labels and priors)
         embs = embed_profiles(encoder, users, q, summaries, top_k=cfg.profiles.top_k,
                               habits_weight=cfg.profiles.habits_weight)
-        ids = [u["user_id"] for u in users]
+        ids = [u["user_id"] for u in users if u["user_id"] not in more]   # the splits are of max_users' users alone
         # splits per dataset; OOD clusters on the full-profile embeddings
         # a splits file fixes the users of the datasets it knows; a dataset it has never seen (added to the
         # recipe later) gets its seeded splits computed here, and the run's own splits.json records them
@@ -106,8 +112,11 @@ def load_corpus(cfg: Config, encoder, *, max_users: dict | None = None, require_
             rnd, ood = ({p: [u.split("/", 1)[1] for u in fixed[n][p] if u.startswith(ds + "/")] for p in SPLIT_PARTS}
                         for n in ("random", "ood"))
         else:
+            rows = [i for i, u in enumerate(users) if u["user_id"] not in more]
             rnd = random_split(ids, tcfg.splits)
-            ood, _, _ = ood_split(ids, embs["full"], tcfg.splits)
+            ood, _, _ = ood_split(ids, embs["full"][rows], tcfg.splits)
+        for sp in (rnd, ood):
+            sp["train"] = list(sp["train"]) + sorted(more)
         for name, sp in (("random", rnd), ("ood", ood)):
             for part in ("train", "val", "test"):
                 splits[name][part] += [f"{ds}/{u}" for u in sp[part]]
