@@ -49,8 +49,10 @@ def write_adapter(
     if problem:
         raise ModelFileError(f"{path}: LoRA does not fit base model '{base.name}': {problem}")
     with np.errstate(over="ignore"):  # an f16 overflow becomes inf and is reported just below
-        tensors = _gguf_tensors(lora, base, _DTYPES[dtype], permuted)
-    bad = next((name for name, arr in tensors if not np.isfinite(arr).all()), None)
+        tensors, stacks = _gguf_tensors(lora, base, _DTYPES[dtype], permuted)
+    # one check per module stack (the tensors are views of them); the name only on the slow path
+    bad = None if all(np.isfinite(x).all() for x in stacks) else \
+        next(name for name, arr in tensors if not np.isfinite(arr).all())
     if bad:
         raise ModelFileError(f"{path}: tensor {bad} has NaN/Inf values (or overflows {dtype}); not writing it")
     with atomic_path(path) as tmp:
@@ -89,18 +91,32 @@ def _weights_problem(lora: LoraWeights, base: BaseSpec) -> str | None:
     return None
 
 
-def _gguf_tensors(lora: LoraWeights, base: BaseSpec, dtype, permute_q: bool) -> list[tuple[str, np.ndarray]]:
-    """(name, array) pairs in llama.cpp's naming, layout and dtype, layer by layer."""
+def _gguf_tensors(lora: LoraWeights, base: BaseSpec, dtype, permute_q: bool
+                  ) -> tuple[list[tuple[str, np.ndarray]], list[np.ndarray]]:
+    """(name, array) pairs in llama.cpp's naming, layout and dtype, layer by layer, and the per-module stacks they
+    are views of: each module's (layers, ...) A and B are converted (and q's B permuted) in one step."""
+    stacks = {}
+    for module in TARGET_MODULES:
+        a = np.ascontiguousarray(lora.a[module], dtype=dtype)
+        b = np.asarray(lora.b[module])
+        if module == "q_proj" and permute_q:
+            b = _permute_q_stack(b, base.n_head)
+        stacks[module] = (a, np.ascontiguousarray(b, dtype=dtype))
     tensors = []
     for layer in range(base.n_layers):
         for module in TARGET_MODULES:
-            a, b = lora.a[module][layer], lora.b[module][layer]
-            if module == "q_proj" and permute_q:
-                b = permute_q_rows(b, base.n_head)
+            a, b = stacks[module]
             stem = f"blk.{layer}.{GGUF_NAMES[module]}.weight"
-            tensors.append((f"{stem}.lora_a", np.ascontiguousarray(a, dtype=dtype)))
-            tensors.append((f"{stem}.lora_b", np.ascontiguousarray(b, dtype=dtype)))
-    return tensors
+            tensors.append((f"{stem}.lora_a", a[layer]))
+            tensors.append((f"{stem}.lora_b", b[layer]))
+    return tensors, [x for st in stacks.values() for x in st]
+
+
+def _permute_q_stack(b: np.ndarray, n_head: int) -> np.ndarray:
+    """permute_q_rows on every layer of a (layers, out, r) stack at once."""
+    n, out = b.shape[0], b.shape[1]
+    permute_q_rows(b[0], n_head)   # its head-split check, with its message
+    return b.reshape(n, n_head, 2, out // n_head // 2, *b.shape[2:]).swapaxes(2, 3).reshape(b.shape)
 
 
 def _add_kv(writer: GGUFWriter, lora: LoraWeights, base: BaseSpec, metadata: dict[str, str]) -> None:
