@@ -32,3 +32,11 @@ def test_exit_codes_and_output(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{")
     assert main([str(a), str(tmp_path / "bad.json")]) == 2
     assert "invalid JSON" in capsys.readouterr().err
+
+
+def test_only_some_methods():
+    rerun = json.loads(json.dumps(DOC))
+    rerun["quality"]["random"]["cat"]["p2p"]["acc"] = 0.9   # another user subset: p2p differs, oppu is the same
+    r = compare(DOC, rerun, only=["oppu", "p2p-oppu"])
+    assert r["quality"] == {"equal": 1, "differ": [], "missing": []} and r["paired"]["equal"] == 1
+    assert r["answer_changes"]["equal"] == 0
