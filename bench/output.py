@@ -53,3 +53,8 @@ def paired_ci(a, b) -> dict:
 def ci_cell(d: dict) -> str:
     """A paired_ci as a table cell: +0.123 [+0.045, +0.201]."""
     return f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+
+
+def named_paths(d: dict) -> str:
+    """{name: path} as a sentence's list: **a** (`x.onnx`), **b** (`y.pt`)."""
+    return ", ".join(f"**{k}** (`{v}`)" for k, v in d.items())

@@ -99,8 +99,8 @@ def _gguf_tensors(lora: LoraWeights, base: BaseSpec, dtype, permute_q: bool
     for module in TARGET_MODULES:
         a = np.ascontiguousarray(lora.a[module], dtype=dtype)
         b = np.asarray(lora.b[module])
-        if module == "q_proj" and permute_q:
-            b = _permute_q_stack(b, base.n_head)
+        if module == "q_proj" and permute_q:   # rows are axis 1 of the (layers, out, r) stack
+            b = permute_q_rows(b.swapaxes(0, 1), base.n_head).swapaxes(0, 1)
         stacks[module] = (a, np.ascontiguousarray(b, dtype=dtype))
     tensors = []
     for layer in range(base.n_layers):
@@ -110,13 +110,6 @@ def _gguf_tensors(lora: LoraWeights, base: BaseSpec, dtype, permute_q: bool
             tensors.append((f"{stem}.lora_a", a[layer]))
             tensors.append((f"{stem}.lora_b", b[layer]))
     return tensors, [x for st in stacks.values() for x in st]
-
-
-def _permute_q_stack(b: np.ndarray, n_head: int) -> np.ndarray:
-    """permute_q_rows on every layer of a (layers, out, r) stack at once."""
-    n, out = b.shape[0], b.shape[1]
-    permute_q_rows(b[0], n_head)   # its head-split check, with its message
-    return b.reshape(n, n_head, 2, out // n_head // 2, *b.shape[2:]).swapaxes(2, 3).reshape(b.shape)
 
 
 def _add_kv(writer: GGUFWriter, lora: LoraWeights, base: BaseSpec, metadata: dict[str, str]) -> None:

@@ -104,7 +104,8 @@ def load_corpus(cfg: Config, encoder, *, max_users: dict | None = None, require_
         # users it answers for; the others still count for labels and priors)
         embs = embed_profiles(encoder, users, q, summaries, top_k=cfg.profiles.top_k,
                               habits_weight=cfg.profiles.habits_weight)
-        ids = [u["user_id"] for u in users if u["user_id"] not in more]   # the splits are of max_users' users alone
+        rows = [i for i, u in enumerate(users) if u["user_id"] not in more]   # the splits: max_users' users alone
+        ids = [users[i]["user_id"] for i in rows]
         # splits per dataset; OOD clusters on the full-profile embeddings
         # a splits file fixes the users of the datasets it knows; a dataset it has never seen (added to the
         # recipe later) gets its seeded splits computed here, and the run's own splits.json records them
@@ -112,7 +113,6 @@ def load_corpus(cfg: Config, encoder, *, max_users: dict | None = None, require_
             rnd, ood = ({p: [u.split("/", 1)[1] for u in fixed[n][p] if u.startswith(ds + "/")] for p in SPLIT_PARTS}
                         for n in ("random", "ood"))
         else:
-            rows = [i for i, u in enumerate(users) if u["user_id"] not in more]
             rnd = random_split(ids, tcfg.splits)
             ood, _, _ = ood_split(ids, embs["full"][rows], tcfg.splits)
         for sp in (rnd, ood):
