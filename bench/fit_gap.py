@@ -47,7 +47,7 @@ def run(args, log) -> dict:
 
     from p2p_edge.encoder import Encoder
     from p2p_edge.train.config import load_config
-    from p2p_edge.train.dataset import load_corpus
+    from p2p_edge.train.dataset import load_corpus, profile_inputs
     from p2p_edge.train.lm import Row, collate, encode_example, load_base, target_losses
     from p2p_edge.train.losses import token_losses
     from p2p_edge.train.model import LoraInjector
@@ -58,8 +58,14 @@ def run(args, log) -> dict:
         raise InputError(args.config, f"task {args.task!r} is not one of the config's tasks {cfg.tasks}", field="tasks")
     gens = [load_generator(s) for s in args.hypernet]
     corpus = load_corpus(cfg, Encoder(threads=args.threads), max_users=cfg.profiles.max_users)
-    index, emb = corpus.index(), torch.from_numpy(corpus.emb[cfg.profiles.variant])
     model, tok, _ = load_base(cfg)
+    inputs, _ = profile_inputs(cfg, corpus, tok, model)
+    index, emb = corpus.index(), {}
+    for name, _, gen in gens:   # a hypernet without a lexical input reads the profile embedding alone
+        if gen.cfg.emb_dim > inputs.shape[1] or (gen.cfg.lexical_dim and gen.cfg.emb_dim != inputs.shape[1]):
+            raise InputError(args.config, f"hypernet {name} reads {gen.cfg.emb_dim}-d profiles (lexical part "
+                             f"{gen.cfg.lexical_dim}); this config makes {inputs.shape[1]}-d ones", field="profiles")
+        emb[name] = torch.from_numpy(inputs[:, : gen.cfg.emb_dim])
     g0 = gens[0][2].cfg
     injector = LoraInjector(model, g0.modules, g0.alpha, g0.rank)
 
@@ -83,8 +89,8 @@ def run(args, log) -> dict:
                 with injector.use(None):
                     base.append(per_user(*target_losses(model, ids, mask, labels)))
                 for name, _, gen in gens:
-                    own[name].append(per_user(*token_losses(model, injector, gen, emb[who], ids, mask, labels)))
-                    e_other = emb[torch.full_like(who, index[other[u]])]
+                    own[name].append(per_user(*token_losses(model, injector, gen, emb[name][who], ids, mask, labels)))
+                    e_other = emb[name][torch.full_like(who, index[other[u]])]
                     oth[name].append(per_user(*token_losses(model, injector, gen, e_other, ids, mask, labels)))
         res = {"n_users": len(users), "base": round(float(np.mean(base)), 4), "hypernets": {}}
         for name in own:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import InputError
+from ..lexical import KINDS as LEXICAL_KINDS
 
 
 @dataclass
@@ -33,6 +34,9 @@ class ProfilesCfg:
     # > 0: the profile vector adds this x the habits line's own embedding (label / rating habits), re-normalised;
     # written to the card, and the client builds the same vector. 0 = the text embedding alone (v1).
     habits_weight: float = 0.0
+    # "token_centroid": the profile vector also carries the base model's input-embedding centroid of the profile
+    # items' tokens (p2p_edge/lexical.py), read by the profile branch only (needs hypernet.profile_branch); "" = off
+    lexical: str = ""
 
 
 @dataclass
@@ -238,6 +242,11 @@ def load_config(path: Path) -> Config:
         raise InputError(path, f"must be 'both', 'random' or 'ood', got {cfg.split!r}", field="split")
     if cfg.profiles.variant not in ("full", "summary_only", "retrieval_only"):
         raise InputError(path, f"unknown profile variant {cfg.profiles.variant!r}", field="profiles.variant")
+    if cfg.profiles.lexical not in ("", *LEXICAL_KINDS):
+        raise InputError(path, f"must be \"\" or one of {', '.join(LEXICAL_KINDS)}", field="profiles.lexical")
+    if cfg.profiles.lexical and not cfg.hypernet.profile_branch:
+        raise InputError(path, "a lexical input is read by the profile branch: set hypernet.profile_branch = true",
+                         field="profiles.lexical")
     if cfg.train.contrastive < 0 or cfg.train.contrastive_margin < 0:
         raise InputError(path, "must be >= 0", field="train.contrastive" if cfg.train.contrastive < 0
                          else "train.contrastive_margin")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, P2PError
+from ..lexical import lexical_vector
 from p2p_edge.eval.task import Task
 from p2p_edge.eval.task_config import load_config as load_task_config
 from .config import Config, dataset_name
@@ -150,3 +151,17 @@ def load_corpus(cfg: Config, encoder, *, max_users: dict | None = None, require_
             emb_parts[v].append(embs[v])
     emb = {v: np.concatenate(p).astype(np.float32) for v, p in emb_parts.items()}
     return Corpus(uids, emb, profiles, examples, resolved, splits, extra_train)
+
+
+def profile_inputs(cfg: Config, corpus: Corpus, tok, model) -> tuple[np.ndarray, int]:
+    """The hypernet's input per corpus user (rows aligned with corpus.uids) and the width of its lexical part: the
+    profile embedding, and with profiles.lexical the lexical vector of the user's profile items (p2p_edge/lexical.py)
+    from the base model's tokenizer and input embeddings appended (0 without)."""
+    emb = corpus.emb[cfg.profiles.variant]
+    if not cfg.profiles.lexical:
+        return emb, 0
+    table = model.get_input_embeddings().weight.detach().float().numpy()
+    tokenize = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    lex = np.stack([lexical_vector(cfg.profiles.lexical, corpus.profiles[u]["items"], tokenize, table)
+                    for u in corpus.uids])
+    return np.concatenate([emb, lex], axis=1).astype(np.float32), lex.shape[1]

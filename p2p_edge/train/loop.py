@@ -49,7 +49,8 @@ def autocast_precision(requested: str, *, cuda: bool | None = None, cpu_bf16: bo
 
 def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np.ndarray, *,
           out_dir: Path, meta: dict, progress: bool = True, log=print,
-          negatives: dict[int, list[int]] | None = None, keep_rows: list[Row] | None = None) -> nn.Module:
+          negatives: dict[int, list[int]] | None = None, keep_rows: list[Row] | None = None,
+          lexical_dim: int = 0) -> nn.Module:
     """Train the generator (hypernet or shared LoRA); checkpoints every save_every steps; resumes from last.pt.
     A blow-up rewinds to good.pt (the last state that passed validation) at half the lr, train.rewinds times at most.
     `negatives` (user row -> other users' rows, see negative_pool) is needed when train.contrastive > 0.
@@ -68,7 +69,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
         log(f"train.mixed_precision {t.mixed_precision} is not native here: training in float32")
     acc = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
     hcfg = HypernetModuleConfig(emb_dim=emb.shape[1], n_layers=len(model.model.layers), module_shapes=module_shapes(model),
-                          **asdict(cfg.hypernet))
+                                lexical_dim=lexical_dim, **asdict(cfg.hypernet))
     gen = HypernetModule(hcfg) if t.method == "p2p" else SharedLora(hcfg)
     contrast = t.contrastive > 0 and t.method == "p2p"   # a shared LoRA gives every profile the same loss
     if contrast and not negatives:
@@ -300,7 +301,7 @@ def run(config_path: Path, *, log=print) -> Path:
     from ..encoder import Encoder
     from .config import load_config
     from p2p_edge.eval.splits import save_splits
-    from .dataset import load_corpus
+    from .dataset import load_corpus, profile_inputs
 
     cfg = load_config(config_path)
     out_dir = ensure_private_dir(cfg.resolve(cfg.out_dir))
@@ -325,13 +326,13 @@ def run(config_path: Path, *, log=print) -> Path:
         "base_model": base_meta,
         "encoder": {"name": encoder.name, "dim": encoder.dim},
         "profile": {"top_k": cfg.profiles.top_k, "variant": cfg.profiles.variant,
-                    "habits_weight": cfg.profiles.habits_weight},
+                    "habits_weight": cfg.profiles.habits_weight, "lexical": cfg.profiles.lexical},
         "training": {"config": cfg.to_dict(), "split": cfg.split, "n_train_users": len(train_uids),
                      "n_train_examples": len(rows), "tasks": list(corpus.tasks)},
     }
-    emb = corpus.emb[cfg.profiles.variant]
+    emb, lexical_dim = profile_inputs(cfg, corpus, tok, model)
     train(cfg, model, tok, rows, val_rows, emb, out_dir=out_dir, meta=meta, log=log,
-          negatives=negative_pool(train_uids, index), keep_rows=keep_rows)
+          negatives=negative_pool(train_uids, index), keep_rows=keep_rows, lexical_dim=lexical_dim)
     return out_dir / "last.pt"
 
 

@@ -26,8 +26,13 @@ class HypernetModuleConfig(HypernetSettings):
     n_layers: int
     module_shapes: dict[str, tuple[int, int]]  # module -> (in_features, out_features)
     modules: list[str] = field(default_factory=list)
+    # the last lexical_dim dims of the profile vector are a lexical input (p2p_edge/lexical.py) that only the
+    # profile branch reads: the trunk keeps its shapes, so a hypernet trained without one still loads
+    lexical_dim: int = 0
 
     def __post_init__(self):
+        if self.lexical_dim and not self.profile_branch:
+            raise ValueError("a lexical input (lexical_dim > 0) is read by the profile branch: set profile_branch")
         self.module_shapes = {m: tuple(s) for m, s in self.module_shapes.items()}
         if not self.modules:
             self.modules = list(self.module_shapes)
@@ -45,7 +50,7 @@ class HypernetModule(nn.Module):
         n_mod, L = len(cfg.modules), cfg.n_layers
         self.type_emb = nn.Embedding(n_mod, cfg.type_emb_dim)
         self.depth_emb = nn.Embedding(L, cfg.depth_emb_dim)
-        d_in = cfg.emb_dim + cfg.type_emb_dim + cfg.depth_emb_dim
+        d_in = cfg.emb_dim - cfg.lexical_dim + cfg.type_emb_dim + cfg.depth_emb_dim
         self.trunk = nn.Sequential(
             nn.LayerNorm(d_in),
             nn.Linear(d_in, cfg.hidden),
@@ -90,6 +95,7 @@ class HypernetModule(nn.Module):
         bsz, L = e.shape[0], cfg.n_layers
         depth = self.depth_emb(self.layer_idx)  # (L, d)
         user = self.profile_in((e - self.profile_mean) / self.profile_std)[:, None, :] if cfg.profile_branch else None
+        e = e[:, : cfg.emb_dim - cfg.lexical_dim]   # the trunk's part: the sentence embedding
         out = {}
         for mi, m in enumerate(cfg.modules):
             t = self.type_emb.weight[mi].expand(L, -1)
