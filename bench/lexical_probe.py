@@ -27,12 +27,9 @@ import numpy as np
 from bench.fit_gap import load_generator
 from bench.output import ci_cell, paired_ci, run_and_write
 from p2p_edge.errors import InputError
+from p2p_edge.lexical import history_text
 
 GRIDS = {"centroid": (0.5, 1, 2, 4, 8, 16, 32), "unigram": (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)}
-
-
-def history_text(item: dict) -> str:
-    return " ".join(str(item[k]) for k in ("title", "text") if item.get(k))
 
 
 def token_counts(tok, items: list[dict], vocab: int) -> np.ndarray:

@@ -86,6 +86,9 @@ def test_refuses_other_base_model(tmp_path):
         card.check_base(replace(TINY, n_layers=4))
     with pytest.raises(ModelFileError, match="expects"):
         card.check_encoder("other-encoder", 16)
+    lexical = replace(card, profile={**card.profile, "lexical": "token_centroid"})
+    with pytest.raises(ModelFileError, match="lexical profile input .token_centroid. that the client does not build"):
+        lexical.check_encoder(card.encoder_name, 16)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "no_card", "bad_card", "wrong_format"])

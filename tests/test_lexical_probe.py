@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from bench.lexical_probe import history_text, render, token_counts, user_statistics
+from bench.lexical_probe import render, token_counts, user_statistics
 
 
 class WordTok:
@@ -15,7 +15,6 @@ class WordTok:
 
 def test_token_counts_read_title_and_text():
     items = [{"title": "a", "text": "b b"}, {"text": "c"}, {"title": None, "text": "a"}]
-    assert history_text(items[0]) == "a b b"
     assert token_counts(WordTok(), items, 4).tolist() == [2, 2, 1, 0]
 
 

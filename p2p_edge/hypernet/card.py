@@ -59,6 +59,10 @@ class HypernetCard:
     def habits_weight(self) -> float:
         return float(self.profile.get("habits_weight", 0.0))   # 0: the profile text's embedding alone (v1)
 
+    @property
+    def lexical(self) -> str:
+        return str(self.profile.get("lexical", ""))   # "": no lexical input (p2p_edge/lexical.py)
+
     # ------------------------------------------------------------------------------------------------ JSON
 
     def to_json(self) -> dict:
@@ -126,6 +130,9 @@ class HypernetCard:
             )
 
     def check_encoder(self, name: str, dim: int) -> None:
+        if self.lexical:
+            raise ModelFileError(f"{self.path}: hypernet '{self.id}' reads a lexical profile input ({self.lexical}) "
+                                 "that the client does not build yet; read it with bench.fit_gap (torch)")
         if self.emb_dim != dim or self.encoder_name != name:
             raise ModelFileError(
                 f"{self.path}: hypernet '{self.id}' expects {self.encoder_name} ({self.emb_dim}-d) embeddings, "

@@ -139,7 +139,7 @@ class Config:
 def check_card_profile(card, cfg: Config, what: str) -> None:
     """An evaluation builds its users' profile vectors from `cfg`: they must be the kind of vector the hypernet
     `what` was trained on (its card, a HypernetCard), or every score is of the wrong input."""
-    for key in ("habits_weight", "top_k"):
+    for key in ("habits_weight", "top_k", "lexical"):
         want, have = getattr(card, key), getattr(cfg.profiles, key)
         if want != have:
             raise InputError(cfg.source, f"is {have}, but {what} was trained with {want}: use its training config",
