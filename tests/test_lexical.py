@@ -82,3 +82,26 @@ def test_config_names_a_bad_lexical_input(tmp_path):
         load_config(p)
     p.write_text('[profiles]\nlexical = "token_centroid"\n[hypernet]\nprofile_branch = true\n')
     assert load_config(p).profiles.lexical == "token_centroid"
+
+
+def test_train_only_trains_the_named_parameters_and_keeps_the_rest(tmp_path):
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    rows = two_user_rows(tok)
+    quiet = lambda *_: None  # noqa: E731
+    both = np.concatenate([np.ones((3, 8), np.float32),
+                           np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)], 1)
+    start = train(tiny_cfg(tmp_path / "a", steps=5), model, tok, rows, rows[:2], both[:, :8], out_dir=tmp_path / "a",
+                  meta={}, progress=False, log=quiet).eval()
+    cfg = tiny_cfg(tmp_path / "b", steps=20, init_from=str(tmp_path / "a" / "last.pt"))
+    cfg.hypernet.profile_branch = True
+    cfg.train.train_only = ["profile_in."]
+    gen = train(cfg, model, tok, rows, rows[:2], both, out_dir=tmp_path / "b", meta={}, progress=False, log=quiet,
+                lexical_dim=4).eval()
+    before, after = start.state_dict(), gen.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())          # trunk, heads, embeddings: as loaded
+    assert gen.profile_in[2].weight.abs().sum() > 0                          # the branch left zero
+    cfg = tiny_cfg(tmp_path / "c", steps=1)
+    cfg.train.train_only = ["no_such_module."]
+    with pytest.raises(InputError, match="train.train_only"):
+        train(cfg, model, tok, rows, rows[:2], both[:, :8], out_dir=tmp_path / "c", meta={}, progress=False, log=quiet)

@@ -87,6 +87,9 @@ class TrainCfg:
     # Start from this checkpoint's weights (fresh optimizer and schedule) when out_dir has no last.pt yet;
     # relative to the config file. Same hypernet shape and method required.
     init_from: str = ""
+    # Parameter-name prefixes of the generator to train (e.g. ["profile_in."], the profile branch); every other
+    # weight stays as initialised (init_from). Empty = train everything.
+    train_only: list = field(default_factory=list)
     # Stop with an error when the validation loss exceeds this multiple of its value before training (the
     # generator starts at delta W = 0, i.e. the base model): a peak-lr blow-up otherwise trains on for hours and
     # yields a hypernet worse than none. 0 = off. Needs validation rows.
@@ -261,6 +264,8 @@ def load_config(path: Path) -> Config:
     if cfg.train.preserve_weight < 0 or cfg.train.max_target_tokens < 0:
         raise InputError(path, "must be >= 0", field="train.preserve_weight" if cfg.train.preserve_weight < 0
                          else "train.max_target_tokens")
+    if not all(isinstance(x, str) and x for x in cfg.train.train_only):
+        raise InputError(path, "must be a list of parameter-name prefixes", field="train.train_only")
     if cfg.train.rewinds < 0:
         raise InputError(path, "must be >= 0", field="train.rewinds")
     if cfg.train.mixed_precision not in ("no", "bf16", "fp16"):

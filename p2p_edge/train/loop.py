@@ -74,7 +74,12 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
     contrast = t.contrastive > 0 and t.method == "p2p"   # a shared LoRA gives every profile the same loss
     if contrast and not negatives:
         raise ValueError("train.contrastive > 0 needs negatives (other train users' rows)")
-    opt = torch.optim.AdamW(gen.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    if t.train_only:   # the rest keeps its initial (init_from) weights
+        for name, p in gen.named_parameters():
+            p.requires_grad_(name.startswith(tuple(t.train_only)))
+        if not any(p.requires_grad for p in gen.parameters()):
+            raise InputError(cfg.source, f"no generator parameter starts with {t.train_only}", field="train.train_only")
+    opt = torch.optim.AdamW([p for p in gen.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay)
     out_dir = ensure_private_dir(out_dir)
     start, last, resumed_val_start = 0, out_dir / "last.pt", None
     branch_new = t.method == "p2p" and hcfg.profile_branch   # its standardisation is set below unless loaded
@@ -229,7 +234,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
                                 negs, t.contrastive, t.contrastive_margin, keep, t.preserve_weight,
                                 t.preserve_loss == "kl")
             acc.backward(loss)
-            acc.clip_grad_norm_(gen.parameters(), 1.0)
+            acc.clip_grad_norm_([p for p in gen.parameters() if p.requires_grad], 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
             lv = float(acc.reduce(loss.detach(), "mean"))   # every rank sees the same value, so all rewind together
