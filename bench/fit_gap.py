@@ -36,6 +36,20 @@ def load_generator(spec: str):
     return name, path, hypernet_from(ck)
 
 
+def generator_inputs(config: Path, gens: list, inputs) -> dict:
+    """{name: the (users, dim) torch rows each generator of load_generator's (name, path, module) reads} from the
+    config's profile_inputs: a hypernet without a lexical input reads the profile embedding alone."""
+    import torch
+
+    out = {}
+    for name, _, gen in gens:
+        if gen.cfg.emb_dim > inputs.shape[1] or (gen.cfg.lexical_dim and gen.cfg.emb_dim != inputs.shape[1]):
+            raise InputError(config, f"hypernet {name} reads {gen.cfg.emb_dim}-d profiles (lexical part "
+                             f"{gen.cfg.lexical_dim}); this config makes {inputs.shape[1]}-d ones", field="profiles")
+        out[name] = torch.from_numpy(inputs[:, : gen.cfg.emb_dim])
+    return out
+
+
 def pick(users: list[str], n: int, seed: int = 0) -> list[str]:
     users = list(users)
     random.Random(seed).shuffle(users)
@@ -59,13 +73,7 @@ def run(args, log) -> dict:
     gens = [load_generator(s) for s in args.hypernet]
     corpus = load_corpus(cfg, Encoder(threads=args.threads), max_users=cfg.profiles.max_users)
     model, tok, _ = load_base(cfg)
-    inputs, _ = profile_inputs(cfg, corpus, tok, model)
-    index, emb = corpus.index(), {}
-    for name, _, gen in gens:   # a hypernet without a lexical input reads the profile embedding alone
-        if gen.cfg.emb_dim > inputs.shape[1] or (gen.cfg.lexical_dim and gen.cfg.emb_dim != inputs.shape[1]):
-            raise InputError(args.config, f"hypernet {name} reads {gen.cfg.emb_dim}-d profiles (lexical part "
-                             f"{gen.cfg.lexical_dim}); this config makes {inputs.shape[1]}-d ones", field="profiles")
-        emb[name] = torch.from_numpy(inputs[:, : gen.cfg.emb_dim])
+    index, emb = corpus.index(), generator_inputs(args.config, gens, profile_inputs(cfg, corpus, tok, model)[0])
     g0 = gens[0][2].cfg
     injector = LoraInjector(model, g0.modules, g0.alpha, g0.rank)
 

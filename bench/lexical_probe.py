@@ -24,24 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.fit_gap import load_generator
+from bench.fit_gap import generator_inputs, load_generator
 from bench.output import ci_cell, paired_ci, run_and_write
 from p2p_edge.errors import InputError
-from p2p_edge.lexical import history_text
+from p2p_edge.lexical import centroid, token_counts
 
 GRIDS = {"centroid": (0.5, 1, 2, 4, 8, 16, 32), "unigram": (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)}
-
-
-def token_counts(tok, items: list[dict], vocab: int) -> np.ndarray:
-    ids = [i for it in items for i in tok(history_text(it), add_special_tokens=False)["input_ids"]]
-    return np.bincount(np.asarray(ids, dtype=np.int64), minlength=vocab).astype(np.float64)
 
 
 def user_statistics(counts: dict[str, np.ndarray], train_users: list[str], emb: np.ndarray, head: np.ndarray,
                     mu: float):
     """{user: (the logit shift (vocab,) of a unit hidden-state shift along the user's centroid of input embeddings
     `emb`, through the LM head `head`; the unigram log-ratio (vocab,))}."""
-    cent = {u: (c @ emb) / max(c.sum(), 1.0) for u, c in counts.items()}
+    cent = {u: centroid(c, emb) for u, c in counts.items()}
     cbar = np.mean([cent[u] for u in train_users], axis=0)
     pooled = np.sum([counts[u] for u in train_users], axis=0) + 0.5   # every token possible
     p_pop = pooled / pooled.sum()
@@ -59,7 +54,7 @@ def run(args, log) -> dict:
 
     from p2p_edge.encoder import Encoder
     from p2p_edge.train.config import load_config
-    from p2p_edge.train.dataset import load_corpus
+    from p2p_edge.train.dataset import load_corpus, profile_inputs
     from p2p_edge.train.lm import IGNORE, Row, collate, encode_example, load_base
     from p2p_edge.train.model import LoraInjector
 
@@ -70,15 +65,18 @@ def run(args, log) -> dict:
     cfg.tasks = [args.task]   # only this task's dataset is read; its splits are computed as in training
     name, path, gen = load_generator(args.hypernet)
     corpus = load_corpus(cfg, Encoder(threads=args.threads), max_users=cfg.profiles.max_users)
-    index, pemb = corpus.index(), torch.from_numpy(corpus.emb[cfg.profiles.variant])
     model, tok, _ = load_base(cfg)
+    index = corpus.index()
+    pemb = generator_inputs(args.config, [(name, path, gen)], profile_inputs(cfg, corpus, tok, model)[0])[name]
     injector = LoraInjector(model, gen.cfg.modules, gen.cfg.alpha, gen.cfg.rank)
     table = model.get_input_embeddings().weight.detach().double().numpy()
     head = model.lm_head.weight.detach().double().numpy()
     parts = {p: sorted(u for u in corpus.part(cfg.split, p)
                        if "@" not in u and any(e.task == args.task for e in corpus.examples[u]))
              for p in ("train", args.part)}
-    counts = {u: token_counts(tok, corpus.profiles[u]["items"], table.shape[0]) for us in parts.values() for u in us}
+    tokenize = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    counts = {u: token_counts(corpus.profiles[u]["items"], tokenize, table.shape[0]).astype(np.float64)
+              for us in parts.values() for u in us}
     stats = user_statistics(counts, parts["train"], table, head, args.mu)
     log(f"users: {({p: len(u) for p, u in parts.items()})}")
 

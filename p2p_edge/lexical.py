@@ -23,13 +23,20 @@ def history_text(item: Any) -> str:
     return " ".join(str(get(k)) for k in ("title", "text") if get(k))
 
 
+def token_counts(items: Sequence[Any], tokenize: Callable[[str], list[int]], vocab: int) -> np.ndarray:
+    """How often each token id (< vocab) occurs in the items' history_text."""
+    ids = [i for it in items for i in tokenize(history_text(it))]
+    return np.bincount(np.asarray(ids, dtype=np.int64), minlength=vocab)
+
+
+def centroid(counts: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """The mean of `table`'s rows (vocab, dim) weighted by token counts; zeros without tokens."""
+    return counts @ table / max(counts.sum(), 1)
+
+
 def token_centroid(items: Sequence[Any], tokenize: Callable[[str], list[int]], table: np.ndarray) -> np.ndarray:
     """The mean of `table`'s rows (vocab, dim) over the tokens of every item's history_text; zeros without tokens."""
-    ids = [i for it in items for i in tokenize(history_text(it))]
-    if not ids:
-        return np.zeros(table.shape[1], np.float32)
-    counts = np.bincount(np.asarray(ids, dtype=np.int64), minlength=table.shape[0])
-    return (counts @ table / len(ids)).astype(np.float32)
+    return centroid(token_counts(items, tokenize, table.shape[0]), table).astype(np.float32)
 
 
 def lexical_vector(kind: str, items: Sequence[Any], tokenize: Callable[[str], list[int]],

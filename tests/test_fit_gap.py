@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bench.fit_gap import load_generator, pick, render
+from bench.fit_gap import generator_inputs, load_generator, pick, render
 from p2p_edge.errors import InputError
 from p2p_edge.train.model import HypernetModule, HypernetModuleConfig
 
@@ -45,3 +45,16 @@ def test_render_has_a_row_per_part_and_hypernet():
                    "val": {"n_users": 5, "base": 4.0, "hypernets": {"a": h}}}}
     md = render(r, "python -m bench.fit_gap ...")
     assert md.count("| train | 5 | a |") == 1 and md.count("| val | 5 | a |") == 1 and "90%" in md
+
+
+def test_each_generator_reads_the_part_of_the_profile_inputs_it_was_trained_on():
+    import numpy as np
+
+    lexical = HypernetModule(HypernetModuleConfig(emb_dim=12, lexical_dim=4, profile_branch=True, n_layers=2,
+                                                  module_shapes={"q_proj": (16, 16), "v_proj": (16, 8)}))
+    plain = HypernetModule(CFG)
+    inputs = np.random.default_rng(0).standard_normal((3, 12)).astype(np.float32)
+    got = generator_inputs("c.toml", [("p", "p.pt", plain), ("l", "l.pt", lexical)], inputs)
+    assert torch.equal(got["p"], torch.from_numpy(inputs[:, :8])) and torch.equal(got["l"], torch.from_numpy(inputs))
+    with pytest.raises(InputError, match="hypernet l reads 12-d profiles"):   # a config without the lexical input
+        generator_inputs("c.toml", [("l", "l.pt", lexical)], inputs[:, :8])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from p2p_edge.lexical import history_text, lexical_vector, token_centroid
+from p2p_edge.lexical import history_text, lexical_vector, token_centroid, token_counts
 from p2p_edge.train.config import load_config
 from p2p_edge.errors import InputError
 from p2p_edge.train.loop import train
@@ -13,6 +13,11 @@ from test_train import first_target_logits, tiny_cfg, tiny_llama, tiny_tokenizer
 
 WORDS = ["a", "b", "c", "d"]
 tokenize = lambda text: [WORDS.index(w) for w in text.split()]  # noqa: E731
+
+
+def test_token_counts_read_title_and_text():
+    items = [{"title": "a", "text": "b b"}, {"text": "c"}, {"title": None, "text": "a"}]
+    assert token_counts(items, tokenize, 4).tolist() == [2, 2, 1, 0]
 
 
 def test_token_centroid_is_the_mean_row_over_every_token_of_titles_and_texts():

@@ -2,20 +2,7 @@
 
 import numpy as np
 
-from bench.lexical_probe import render, token_counts, user_statistics
-
-
-class WordTok:
-    """A tokenizer over a fixed word list: what token_counts needs of an HF tokenizer."""
-    vocab = ["a", "b", "c", "d"]
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [self.vocab.index(w) for w in text.split()]}
-
-
-def test_token_counts_read_title_and_text():
-    items = [{"title": "a", "text": "b b"}, {"text": "c"}, {"title": None, "text": "a"}]
-    assert token_counts(WordTok(), items, 4).tolist() == [2, 2, 1, 0]
+from bench.lexical_probe import render, user_statistics
 
 
 def test_a_users_statistics_raise_their_own_tokens_and_a_mean_user_has_no_direction():

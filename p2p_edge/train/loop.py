@@ -79,7 +79,8 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
             p.requires_grad_(name.startswith(tuple(t.train_only)))
         if not any(p.requires_grad for p in gen.parameters()):
             raise InputError(cfg.source, f"no generator parameter starts with {t.train_only}", field="train.train_only")
-    opt = torch.optim.AdamW([p for p in gen.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay)
+    trainable = [p for p in gen.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
     out_dir = ensure_private_dir(out_dir)
     start, last, resumed_val_start = 0, out_dir / "last.pt", None
     branch_new = t.method == "p2p" and hcfg.profile_branch   # its standardisation is set below unless loaded
@@ -234,7 +235,7 @@ def train(cfg: Config, model, tok, rows: list[Row], val_rows: list[Row], emb: np
                                 negs, t.contrastive, t.contrastive_margin, keep, t.preserve_weight,
                                 t.preserve_loss == "kl")
             acc.backward(loss)
-            acc.clip_grad_norm_([p for p in gen.parameters() if p.requires_grad], 1.0)
+            acc.clip_grad_norm_(trainable, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
             lv = float(acc.reduce(loss.detach(), "mean"))   # every rank sees the same value, so all rewind together
