@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 
-HELP = ("commands: /adapter on|off  /scale X  /compare PROMPT  /reset  /help  /quit   "
+HELP = ("commands: /adapter on|off  /prior on|off  /scale X  /compare PROMPT  /reset  /help  /quit   "
         "(Ctrl-C stops a reply, Ctrl-D quits)")
 MAX_SCALE = 4.0
 CONTEXT_CHARS = 5000  # keep the conversation inside the model's context (2048 tokens)
@@ -31,6 +31,21 @@ def adapter_scale(adapter: Path) -> float:
         return 1.0
 
 
+def personal_prior(adapter: Path):
+    """The token prior stored beside an adapter by personalize, if it was built from the adapter's own history."""
+    from p2p_edge.gguf import read_adapter
+    from p2p_edge.token_prior import prior_for_adapter
+
+    _, meta = read_adapter(adapter)
+    return prior_for_adapter(adapter, meta.get("history_sha256"))
+
+
+def prior_state(prior, on: bool) -> str:
+    if prior is None:
+        return "no token prior"
+    return f"token prior {'on' if on else 'off'} ({len(prior):,} of your words' tokens)"
+
+
 def parse_scale(text: str) -> float | None:
     try:
         x = float(text)
@@ -42,7 +57,8 @@ def parse_scale(text: str) -> float | None:
 def run_repl(*, adapter: Path | None, history: Path | None, base_model: Path | None, hypernet: Path | None,
              max_tokens: int, temperature: float, system: str | None, threads: int | None,
              summary: str | None = None, no_summary: bool = False, scale: float | None = None,
-             stdin=None, stdout=None) -> None:
+             prior: bool | None = None, stdin=None, stdout=None) -> None:
+    """prior: use the token prior stored beside the adapter (None: as the population table says, default_on)."""
     from .paths import PROMPTS_DIR
     from .runtime import LocalLLM
 
@@ -65,7 +81,10 @@ def run_repl(*, adapter: Path | None, history: Path | None, base_model: Path | N
     if scale is None:
         scale = adapter_scale(adapter) if adapter is not None else 1.0
     llm.use(loaded, scale)
-    state = f"on (scale {scale:g})" if loaded else "off (base model)"
+    token_prior = personal_prior(adapter) if adapter is not None else None
+    prior_on = token_prior is not None and (prior if prior is not None else bool(token_prior.meta.get("default_on")))
+    llm.set_prior(token_prior if prior_on else None)
+    state = f"on (scale {scale:g}) · {prior_state(token_prior, prior_on)}" if loaded else "off (base model)"
     say(f"p2p-edge chat · {llm.spec.name} · adapter {state}\n{HELP}")
 
     system_prompt = system or (PROMPTS_DIR / "system.txt").read_text(encoding="utf-8").strip()
@@ -107,6 +126,15 @@ def run_repl(*, adapter: Path | None, history: Path | None, base_model: Path | N
                 else:
                     llm.use(loaded if arg == "on" else None, scale)
                     say(f"(adapter {arg})")
+            elif cmd == "/prior":
+                if arg not in ("on", "off"):
+                    say("usage: /prior on|off   (your token prior: a bias toward the words of your history)")
+                elif token_prior is None:
+                    say("(no token prior beside this adapter: personalize again to make one)")
+                else:
+                    prior_on = arg == "on"
+                    llm.set_prior(token_prior if prior_on else None)
+                    say(f"({prior_state(token_prior, prior_on)})")
             elif cmd == "/scale":
                 x = parse_scale(arg.strip())
                 if x is None:
@@ -126,7 +154,7 @@ def run_repl(*, adapter: Path | None, history: Path | None, base_model: Path | N
                     say("(no adapter loaded: start with --adapter or --history)")
                 else:
                     compare(llm, loaded, scale, _trim(messages + [{"role": "user", "content": arg.strip()}]),
-                            max_tokens, say)
+                            max_tokens, say, token_prior if prior_on else None)
             else:
                 say(f"unknown command {cmd}; {HELP}")
             continue
@@ -146,12 +174,15 @@ def run_repl(*, adapter: Path | None, history: Path | None, base_model: Path | N
 
 
 
-def compare(llm, loaded, scale: float, messages: list[dict], max_tokens: int, say) -> None:
-    """The same prompt, greedy, with no adapter and with the personal adapter; the active adapter is kept."""
-    active = llm.active
+def compare(llm, loaded, scale: float, messages: list[dict], max_tokens: int, say, prior=None) -> None:
+    """The same prompt, greedy, with the base model alone and with the personal adapter (and token prior, if on);
+    the active adapter and prior are kept."""
+    active, active_prior = llm.active, llm.prior
+    personal = f"personal (scale {scale:g}{', token prior' if prior is not None else ''})"
     try:
-        for label, ad in (("base", None), (f"personal (scale {scale:g})", loaded)):
+        for label, ad, pr in (("base", None, None), (personal, loaded, prior)):
             llm.use(ad, scale)
+            llm.set_prior(pr)
             say(f"--- {label} ---")
             try:
                 for piece in llm.chat_stream(messages, max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=0):
@@ -161,3 +192,4 @@ def compare(llm, loaded, scale: float, messages: list[dict], max_tokens: int, sa
             say()
     finally:
         llm.use(active, scale)
+        llm.set_prior(active_prior)

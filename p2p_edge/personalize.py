@@ -25,6 +25,7 @@ from .history import History, load_history
 from .hypernet import Hypernet
 from .paths import PROMPTS_DIR, data_dir
 from .profile import PROFILE_FORMAT, EmbeddingCache, Profile, SummaryCache, build_profile, generate_summary, habits_text
+from .token_prior import prior_path
 
 RETRIEVAL_WINDOW = 256  # most recent items considered for retrieval: bounds latency for huge histories
 
@@ -37,6 +38,7 @@ class Result:
     history: History
     timings_ms: dict[str, float]
     adapter_bytes: int
+    token_prior: Path | None = None   # beside the adapter, when a token population table is installed
 
 
 def user_dir(user: str) -> Path:
@@ -99,9 +101,13 @@ class Client:
     """The on-device models, loaded once: sentence encoder, hypernet, base llama.cpp model."""
 
     def __init__(self, *, hypernet_path: Path | None = None, base_model: Path | None = None,
-                 encoder_dir: Path | None = None, threads: int | None = None, llm=None):
+                 encoder_dir: Path | None = None, threads: int | None = None, llm=None,
+                 token_population: Path | None | bool = None):
+        """token_population: the token prior's population table (default: the shipped one, if any; False: write no
+        token prior)."""
         from .encoder import Encoder
         from .runtime import LocalLLM
+        from .token_prior import DEFAULT_POPULATION, Population
 
         t = time.perf_counter()
         self.llm = llm or LocalLLM(base_model, n_threads=threads)
@@ -110,6 +116,11 @@ class Client:
         self.hypernet.card.check_base(self.base)
         self.encoder = Encoder(encoder_dir, threads=threads)
         self.hypernet.card.check_encoder(self.encoder.name, self.encoder.dim)
+        self.population = None
+        pop_path = DEFAULT_POPULATION if token_population is None else token_population
+        if pop_path is not False and (token_population is not None or Path(pop_path).is_file()):
+            self.population = Population.load(Path(pop_path))
+            self.population.check_base(self.base.sha256, self.llm.llm.n_vocab(), pop_path)
         self.load_ms = (time.perf_counter() - t) * 1e3
         self.summaries = SummaryCache()
         self.embeddings = EmbeddingCache(self.encoder.card.get("onnx_sha256", self.encoder.name))
@@ -166,8 +177,9 @@ class Client:
         out_dir = Path(out_dir)
         adapter_path = out_dir / "adapter.gguf"
         profile_path = out_dir / "profile.json"
+        prior_file = prior_path(adapter_path)
         with output_lock(out_dir):
-            remove_temps(out_dir, (adapter_path.name, profile_path.name))  # left by a killed run
+            remove_temps(out_dir, (adapter_path.name, profile_path.name, prior_file.name))  # left by a killed run
             write_adapter(adapter_path, lora, self.base, dtype=dtype, metadata={
                 "hypernet": self.hypernet.card.id, "history_sha256": history.sha256, "profile_format": PROFILE_FORMAT,
                 "chat_scale": f"{self.hypernet.card.chat_scale:g}",
@@ -179,10 +191,22 @@ class Client:
                 self.llm.free(ad)
             t6 = time.perf_counter()
             T["load"] = (t6 - t5) * 1e3
+            prior = None
+            if self.population is not None:   # the token prior: counted from every kept item, beside the adapter
+                prior = self.population.prior(history.items, self.llm.tokenize, history_sha256=history.sha256,
+                                              default_on=self.population.default_on)
+                prior.save(prior_file)
+            elif prior_file.exists():   # an older run's prior must not outlive this adapter
+                prior_file.unlink()
+            T["prior"] = (time.perf_counter() - t6) * 1e3
             T["total"] = sum(T.values())
             doc = self._profile_doc(history, profile, adapter_path, T, top_k=k)
+            doc["token_prior"] = None if prior is None else {
+                "path": str(prior_file), "distinct_tokens": len(prior), "n_tokens": prior.meta["n_tokens"],
+                "beta": prior.meta["beta"], "population": prior.meta["population"], "default_on": prior.meta["default_on"]}
             atomic_write_text(profile_path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-        return Result(adapter_path, profile_path, profile, history, T, adapter_path.stat().st_size)
+        return Result(adapter_path, profile_path, profile, history, T, adapter_path.stat().st_size,
+                      prior_file if prior is not None else None)
 
     def _profile_doc(self, history: History, profile: Profile, adapter_path: Path, T: dict, top_k: int) -> dict:
         card = self.hypernet.card

@@ -70,6 +70,8 @@ class LocalLLM:
             )
         self.active: LoadedAdapter | None = None
         self.scale = 1.0
+        self.prior = None          # a TokenPrior added to the logits at generation (p2p_edge.token_prior)
+        self.prior_scale = 1.0
         self._loaded: list[LoadedAdapter] = []
 
     # -- adapters -----------------------------------------------------------------------------------
@@ -106,13 +108,27 @@ class LocalLLM:
             self._loaded.remove(adapter)
             self._lc.llama_adapter_lora_free(adapter.handle)
 
+    # -- the personal token prior ------------------------------------------------------------------------
+    def set_prior(self, prior, scale: float = 1.0) -> None:
+        """Add `prior` (a TokenPrior; None = none) times `scale` to the logits of everything generated from now on."""
+        if prior is not None and prior.vocab != self.llm.n_vocab():
+            raise ModelFileError(f"token prior is for a {prior.vocab}-token vocabulary; {self.spec.name} has "
+                                 f"{self.llm.n_vocab()}")
+        self.prior, self.prior_scale = prior, scale
+
+    def logits_processors(self) -> list:
+        """What generation adds to the logits: the token prior, if one is set at a non-zero scale."""
+        return [self.prior.processor(self.prior_scale)] if self.prior is not None and self.prior_scale else []
+
     # -- inference ------------------------------------------------------------------------------------
     def chat_stream(self, messages: list[dict], *, max_tokens: int = 256, temperature: float = 0.7,
-                    top_p: float = 0.9, seed: int | None = None, repeat_penalty: float = 1.1) -> Iterator[str]:
+                    top_p: float = 0.9, seed: int | None = None, repeat_penalty: float = 1.1,
+                    use_prior: bool = True) -> Iterator[str]:
         """Stream the assistant's reply (the model's own chat template) token by token."""
+        processors = self.logits_processors() if use_prior else []
         for chunk in self.llm.create_chat_completion(
             messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-            stream=True, seed=seed, repeat_penalty=repeat_penalty,
+            stream=True, seed=seed, repeat_penalty=repeat_penalty, logits_processor=processors or None,
         ):
             delta = chunk["choices"][0].get("delta", {})
             if delta.get("content"):
@@ -122,9 +138,14 @@ class LocalLLM:
         return "".join(self.chat_stream(messages, **kw))
 
     def complete(self, messages: list[dict], *, max_tokens: int = 64, repeat_penalty: float = 1.0) -> str:
-        """Greedy answer (deterministic), for summaries and evaluation."""
+        """Greedy answer (deterministic), for summaries and evaluation: never under the token prior (a summary or a
+        task answer must not lean toward the words of whoever chatted last)."""
         return self.chat(messages, max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=0,
-                         repeat_penalty=repeat_penalty).strip()
+                         repeat_penalty=repeat_penalty, use_prior=False).strip()
+
+    def tokenize(self, text: str) -> list[int]:
+        """The base model's token ids of plain text (no BOS, special tokens as text)."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
     def last_logits(self, token_ids: list[int]) -> np.ndarray:
         """Logits after `token_ids`, from a clean KV state."""
@@ -133,3 +154,13 @@ class LocalLLM:
         # Llama.scores is only filled with logits_all=True (a 400 MB buffer): read the context's last row instead.
         ptr = self._lc.llama_get_logits_ith(self.llm.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).astype(np.float32, copy=True)
+
+
+def vocab_tokenizer(model_path: Path | None = None):
+    """(tokenize(text) -> ids, n_vocab) from the GGUF's vocabulary alone (no weights loaded): what LocalLLM.tokenize
+    gives, for tools that need token counts without a model."""
+    import llama_cpp
+
+    with _sigint_after_c_call():
+        llm = llama_cpp.Llama(model_path=str(Path(model_path or default_base_model())), vocab_only=True, verbose=False)
+    return (lambda text: llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)), llm.n_vocab()

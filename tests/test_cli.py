@@ -615,3 +615,101 @@ def test_an_import_error_of_its_own_is_still_unexpected(capsys):
     with pytest.raises(typer.Exit) as e:
         command()
     assert e.value.exit_code == 1 and "unexpected ImportError: no module named x" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ the token prior
+@pytest.fixture
+def toy_population(tmp_path, base_spec, monkeypatch):
+    """A population table for the real vocabulary (every token equally likely), made the default one."""
+    import numpy as np
+
+    import p2p_edge.token_prior as tp
+
+    def make(default_on: bool):
+        pop = tp.Population.from_counts(np.zeros(49152), beta=0.5, mu=100.0,
+                                        meta={"id": "toy", "base_sha256": base_spec.sha256, "default_on": default_on})
+        path = pop.save(tmp_path / f"pop_{default_on}.npz")
+        monkeypatch.setattr(tp, "DEFAULT_POPULATION", path)
+        return path
+
+    return make
+
+
+def test_personalize_writes_the_token_prior_beside_the_adapter(shared_llm, hyp, tmp_path, toy_population):
+    from p2p_edge.chat import personal_prior
+    from p2p_edge.token_prior import TokenPrior
+
+    toy_population(True)
+    out = tmp_path / "out"
+    r = invoke("personalize", EXAMPLE_HISTORY, "--hypernet", hyp, "--summary", SUMMARY, "--json", "--out", out)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    prior_file = out / "token_prior.npz"
+    assert doc["token_prior"] == str(prior_file) and mode(prior_file) == 0o600 and "prior" in doc["timings_ms"]
+    prior = TokenPrior.load(prior_file)
+    assert prior.meta["history_sha256"] == sha256(EXAMPLE_HISTORY) and prior.meta["population"] == "toy"
+    from p2p_edge.lexical import history_text
+
+    items = [json.loads(line) for line in EXAMPLE_HISTORY.read_text().splitlines() if line.strip()]
+    assert {t for it in items for t in shared_llm.tokenize(history_text(it))} == set(prior.ids.tolist())
+    assert personal_prior(out / "adapter.gguf") is not None   # it rides with this adapter
+    prof = json.loads((out / "profile.json").read_text())
+    assert prof["token_prior"]["distinct_tokens"] == len(prior) and prof["token_prior"]["default_on"] is True
+
+
+def test_personalize_without_a_population_leaves_no_stale_prior(shared_llm, hyp, tmp_path, toy_population,
+                                                                monkeypatch):
+    import p2p_edge.token_prior as tp
+
+    toy_population(True)
+    out = tmp_path / "out"
+    assert invoke("personalize", EXAMPLE_HISTORY, "--hypernet", hyp, "--summary", SUMMARY, "--out", out).exit_code == 0
+    assert (out / "token_prior.npz").is_file()
+    monkeypatch.setattr(tp, "DEFAULT_POPULATION", tmp_path / "none.npz")   # not installed
+    r = invoke("personalize", EXAMPLE_HISTORY, "--hypernet", hyp, "--summary", SUMMARY, "--json", "--out", out)
+    assert r.exit_code == 0 and json.loads(r.stdout)["token_prior"] is None
+    assert not (out / "token_prior.npz").exists()
+
+
+def test_a_population_for_another_base_is_one_line(shared_llm, hyp, tmp_path, monkeypatch):
+    import numpy as np
+
+    import p2p_edge.token_prior as tp
+
+    bad = tp.Population.from_counts(np.zeros(49152), beta=0.5, mu=100.0, meta={"base_sha256": "0" * 64})
+    monkeypatch.setattr(tp, "DEFAULT_POPULATION", bad.save(tmp_path / "bad.npz"))
+    r = invoke("personalize", EXAMPLE_HISTORY, "--hypernet", hyp, "--summary", SUMMARY, "--out", tmp_path / "o")
+    assert r.exit_code != 0
+    assert_one_line_error(r.stderr, "bad.npz", "another base model")
+    assert not (tmp_path / "o" / "adapter.gguf").exists()
+
+
+@pytest.mark.slow
+def test_chat_prior_on_off_and_compare(shared_llm, tmp_path, adapter_file, base_spec):
+    """A prior stored beside an adapter of the same history is used by default when its table says so; /prior off
+    takes it away, /compare's personal reply shows it; at LoRA scale 0 only the prior differs from the base."""
+    import numpy as np
+
+    from p2p_edge.gguf import read_adapter, write_adapter
+    from p2p_edge.token_prior import TokenPrior
+
+    lora, _ = read_adapter(adapter_file)
+    adapter = write_adapter(tmp_path / "u" / "adapter.gguf", lora, base_spec, metadata={"history_sha256": "h1"})
+    banana = shared_llm.tokenize(" banana")[0]
+    TokenPrior(np.array([banana], np.int32), np.array([40.0], np.float32), 49152,
+               {"history_sha256": "h1", "default_on": True}).save(adapter.parent / "token_prior.npz")
+    stdin = "/compare Name a colour.\n/prior maybe\n/prior off\n/compare Name a colour.\n"
+    r = CliRunner().invoke(app, ["chat", "--adapter", str(adapter), "--max-tokens", "6", "--scale", "0"], input=stdin)
+    assert r.exit_code == 0, r.output
+    assert "token prior on (1 of your words' tokens)" in r.stdout.splitlines()[0]
+    blocks = compare_blocks(r.stdout)
+    assert [b[0] for b in blocks] == ["base", "personal (scale 0, token prior)", "base", "personal (scale 0)"]
+    assert "banana" in blocks[1][1].lower() and "banana" not in blocks[0][1].lower()
+    assert blocks[2][1] == blocks[3][1] == blocks[0][1]
+    assert "usage: /prior on|off" in r.stdout and "(token prior off" in r.stdout
+    # --no-prior starts without it; a prior of another history never rides along
+    r = CliRunner().invoke(app, ["chat", "--adapter", str(adapter), "--no-prior", "--max-tokens", "2"], input="")
+    assert "token prior off" in r.stdout.splitlines()[0]
+    other = write_adapter(tmp_path / "u" / "adapter.gguf", lora, base_spec, metadata={"history_sha256": "h2"})
+    r = CliRunner().invoke(app, ["chat", "--adapter", str(other), "--max-tokens", "2"], input="/prior on\n")
+    assert "no token prior" in r.stdout.splitlines()[0] and "(no token prior beside this adapter" in r.stdout

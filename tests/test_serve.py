@@ -248,6 +248,38 @@ def test_completions_and_adapter_scale(server, alice):
 
 
 @pytest.mark.slow
+def test_a_users_token_prior_is_used_as_stored_and_a_request_can_turn_it_off(server, alice):
+    """A prior beside alice's adapter (of her history, default_on) steers her replies; "token_prior": false turns it
+    off for that request; a prior of another history never rides along; removing it gives the adapter alone."""
+    import numpy as np
+
+    from p2p_edge.gguf import read_adapter
+    from p2p_edge.token_prior import TokenPrior
+
+    client = server.client()
+    adapter = server.user_dir("alice") / "adapter.gguf"
+    prior_file = adapter.parent / "token_prior.npz"
+    base = chat(client, BASE_ID, max_tokens=8)
+    from p2p_edge.runtime import vocab_tokenizer
+
+    banana = vocab_tokenizer()[0](" banana")[0]   # the server's base model's vocabulary
+    sha = read_adapter(adapter)[1]["history_sha256"]
+    try:
+        for history_sha, steered in ((sha, True), ("another history", False)):
+            TokenPrior(np.array([banana], np.int32), np.array([40.0], np.float32), 49152,
+                       {"history_sha256": history_sha, "default_on": True}).save(prior_file)
+            reply = chat(client, "p2p/alice", max_tokens=8, extra_body={"adapter_scale": 0.0})
+            assert ("banana" in reply.lower()) is steered and (reply == base) is not steered
+            assert chat(client, "p2p/alice", max_tokens=8,
+                        extra_body={"adapter_scale": 0.0, "token_prior": False}) == base
+    finally:
+        prior_file.unlink(missing_ok=True)
+    assert chat(client, "p2p/alice", max_tokens=8, extra_body={"adapter_scale": 0.0}) == base
+    with pytest.raises(openai.BadRequestError):
+        chat(client, "p2p/alice", extra_body={"token_prior": "yes"})
+
+
+@pytest.mark.slow
 def test_a_users_reply_does_not_depend_on_other_users_requests(server, alice, bob, carol):
     client = server.client()
     alone = [chat(client, "p2p/alice", max_tokens=8) for _ in range(2)]

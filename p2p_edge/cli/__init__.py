@@ -70,6 +70,7 @@ def personalize(
             "models_load_ms": round(client.load_ms, 1), "adapter_bytes": res.adapter_bytes,
             "n_items": res.history.n_items, "summary_source": res.profile.summary_source,
             "retrieved_ids": res.profile.retrieved_ids,
+            "token_prior": str(res.token_prior) if res.token_prior else None,
         }
         if verbose:
             doc["summary"] = res.profile.summary
@@ -87,6 +88,8 @@ def personalize(
     c.print(f"  retrieved: {', '.join(res.profile.retrieved_ids) or '-'}")
     c.print(f"  adapter:  {res.adapter} ({res.adapter_bytes / 1e6:.2f} MB)")
     c.print(f"  profile:  {res.profile_path}")
+    if res.token_prior:
+        c.print(f"  token prior: {res.token_prior}")
     c.print("  time (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()) + f"; models loaded once in {client.load_ms:.0f}")
     c.print(f"Chat with it: p2p-edge chat --adapter {res.adapter}")
 
@@ -105,10 +108,14 @@ def chat(
     temperature: float = typer.Option(0.7, "--temperature", min=0.0),
     scale: Optional[float] = typer.Option(None, "--scale", min=0.0, max=4.0,
                                           help="LoRA strength [default: the hypernet card's chat_scale, else 1]."),
+    prior: Optional[bool] = typer.Option(None, "--prior/--no-prior",
+                                         help="The token prior beside the adapter: a bias toward your history's words "
+                                              "[default: as the shipped population table says]."),
     system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
 ):
-    """Local chat REPL: /adapter on|off, /scale X, /compare PROMPT, /reset, /quit. Ctrl-C stops a reply; Ctrl-D quits."""
+    """Local chat REPL: /adapter on|off, /prior on|off, /scale X, /compare PROMPT, /reset, /quit. Ctrl-C stops a
+    reply; Ctrl-D quits."""
     from p2p_edge.chat import run_repl
 
     from p2p_edge.personalize import read_summary_arg
@@ -122,7 +129,7 @@ def chat(
     given = read_summary_arg(summary) if summary is not None else None
     run_repl(adapter=adapter, history=history, base_model=base_model, hypernet=hypernet,
              max_tokens=max_tokens, temperature=temperature, system=system, threads=threads,
-             summary=given, no_summary=no_summary, scale=scale)
+             summary=given, no_summary=no_summary, scale=scale, prior=prior)
 
 
 app.add_typer(lab_app, name="lab", help="Train, fold, select, report and export hypernets (needs the train extra).")

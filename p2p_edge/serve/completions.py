@@ -90,7 +90,8 @@ def add_routes(app: FastAPI) -> None:
 async def _respond(request: Request, body: Sampling, user, params: dict, *, chat, prompt):
     engine: Engine = request.app.state.engine
     pipe = _Pipe()
-    g = Generation(user=user, scale=body.adapter_scale, chat=chat, prompt=prompt, params=params, emit=pipe.emit)
+    g = Generation(user=user, scale=body.adapter_scale, chat=chat, prompt=prompt, params=params, emit=pipe.emit,
+                   prior=body.token_prior)
     fmt = _Format(body.model, chat=chat is not None)
     engine.submit(engine.generate, g)
     try:

@@ -80,7 +80,8 @@ def file_sha256(path: Path) -> str:
 class _Loaded:
     adapter: object  # runtime.LoadedAdapter
     scale: float     # the adapter's own chat_scale
-    stamp: tuple     # (inode, size, mtime) of the file it was loaded from
+    stamp: tuple     # (inode, size, mtime) of the files it was loaded from: the adapter's, the token prior's
+    prior: object = None   # token_prior.TokenPrior beside the adapter (None: none stored for this history)
 
 
 @dataclass(eq=False)  # hashed by identity: the engine keeps the running ones in a set
@@ -95,6 +96,7 @@ class Generation:
     params: dict
     emit: Callable[[str, object], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    prior: bool | None = None   # the user's token prior: None = as stored (its table's default_on), False = off
 
 
 class _TokenCount:
@@ -114,6 +116,14 @@ class _TokenCount:
             scores[:] = -np.inf
             scores[self.eos] = 0.0
         return scores
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class Engine:
@@ -172,7 +182,8 @@ class Engine:
             self.llm.free(entry.adapter)
 
     def _load(self, user: str) -> _Loaded:
-        from ..chat import adapter_scale
+        from ..chat import adapter_scale, personal_prior
+        from ..token_prior import prior_path
 
         path = adapter_path(user)
         try:
@@ -181,7 +192,7 @@ class Engine:
             self._drop(user)
             raise ApiError(404, f"model 'p2p/{user}' does not exist: no adapter stored for user '{user}' "
                                 "(create it with POST /v1/adapters)", "model_not_found", "model") from None
-        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, _stamp(prior_path(path)))
         entry = self._cache.get(user)
         if entry is not None and entry.stamp == stamp:
             self._cache.move_to_end(user)
@@ -196,20 +207,26 @@ class Engine:
         adapter = self.llm.load_adapter(path)
         try:
             scale = adapter_scale(path)
+            prior = personal_prior(path)
         except Exception:
             self.llm.free(adapter)
             raise
-        entry = self._cache[user] = _Loaded(adapter, scale, stamp)
+        entry = self._cache[user] = _Loaded(adapter, scale, stamp, prior)
         self._loaded_names = frozenset(self._cache)
         return entry
 
-    def activate(self, user: str | None, scale: float | None) -> None:
+    def activate(self, user: str | None, scale: float | None, prior: bool | None = None) -> None:
+        """Make `user`'s adapter (None = the base model) and, unless `prior` is False, their token prior (by
+        default only if its table says default_on; True: whenever one is stored) the ones generation runs under."""
         t = time.perf_counter()
         if user is None:
             self.llm.use(None)
+            self.llm.set_prior(None)
         else:
             entry = self._load(user)
             self.llm.use(entry.adapter, entry.scale if scale is None else scale)
+            on = entry.prior is not None and (prior if prior is not None else bool(entry.prior.meta.get("default_on")))
+            self.llm.set_prior(entry.prior if on else None)
         self.metrics.observe("adapter_swap_ms", (time.perf_counter() - t) * 1e3)
 
     def loaded_users(self) -> frozenset[str]:
@@ -222,15 +239,16 @@ class Engine:
             self._live.add(g)
             if g.cancelled.is_set():  # the client left while the job waited
                 return
-            self.activate(g.user, g.scale)
+            self.activate(g.user, g.scale, g.prior)
             counter = _TokenCount(g.cancelled, self.llm.llm.token_eos())
             p = dict(g.params)
             seed = p.pop("seed", None)
             p["seed"] = secrets.randbelow(2**32 - 1) if seed is None else seed % (2**32 - 1)  # 2^32-1 = "random"
+            processors = [*self.llm.logits_processors(), counter]   # the counter last: a cancel must win
             if g.chat is not None:
-                stream = self.llm.llm.create_chat_completion(g.chat, stream=True, logits_processor=[counter], **p)
+                stream = self.llm.llm.create_chat_completion(g.chat, stream=True, logits_processor=processors, **p)
             else:
-                stream = self.llm.llm.create_completion(g.prompt, stream=True, logits_processor=[counter], **p)
+                stream = self.llm.llm.create_completion(g.prompt, stream=True, logits_processor=processors, **p)
             finish = None
             try:
                 for chunk in stream:

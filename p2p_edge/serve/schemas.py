@@ -98,6 +98,7 @@ class Sampling(_Body):
     presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0, allow_inf_nan=False)
     repeat_penalty: Optional[float] = Field(default=None, ge=0.0, le=4.0, allow_inf_nan=False)
     adapter_scale: Optional[float] = Field(default=None, ge=0.0, le=MAX_SCALE, allow_inf_nan=False)
+    token_prior: Optional[bool] = Field(default=None, strict=True)   # the user's token prior: None = as stored
     stream_options: Optional[dict[str, Any]] = None
     logprobs: Optional[Any] = None
     user: Optional[str] = None  # OpenAI's end-user tag: accepted and ignored (the adapter is chosen by `model`)

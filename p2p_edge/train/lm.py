@@ -101,10 +101,15 @@ def target_losses(model, ids, mask, labels):
     """(per-token SFT loss (n, T-1), target mask) of an HF causal LM (llama/qwen2: .model + .lm_head). The LM head
     runs on the target positions only: a ~100-token prompt has a handful of target tokens, and projecting every
     position onto the vocabulary was a third of a training step on CPU."""
-    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    tgt = labels[:, 1:]
-    valid = tgt != IGNORE
-    logits = model.lm_head(hidden[:, :-1][valid]).float()   # (targets, vocab)
+    logits, tgt, valid = target_logits(model, ids, mask, labels)
     tok = torch.zeros(valid.shape, dtype=logits.dtype, device=logits.device)
     tok[valid] = nn.functional.cross_entropy(logits, tgt[valid], reduction="none")
     return tok, valid
+
+
+def target_logits(model, ids, mask, labels):
+    """(logits of the target positions (targets, vocab), next-token labels (n, T-1), target mask (n, T-1))."""
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    tgt = labels[:, 1:]
+    valid = tgt != IGNORE
+    return model.lm_head(hidden[:, :-1][valid]).float(), tgt, valid

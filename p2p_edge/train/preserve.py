@@ -59,9 +59,10 @@ def messages_for(prompt: str, system: str) -> list[dict]:
 
 
 def base_reply(llm, prompt: str, system: str, max_tokens: int = MAX_TOKENS) -> tuple[str, bool]:
-    """(greedy reply, whether the model ended it itself) under the llm's active adapter."""
+    """(greedy reply, whether the model ended it itself) under the llm's active adapter (and token prior, if set)."""
     res = llm.llm.create_chat_completion(messages=messages_for(prompt, system), max_tokens=max_tokens,
-                                         temperature=0.0, top_p=1.0, seed=0, repeat_penalty=REPEAT_PENALTY)
+                                         temperature=0.0, top_p=1.0, seed=0, repeat_penalty=REPEAT_PENALTY,
+                                         logits_processor=llm.logits_processors() or None)
     choice = res["choices"][0]
     return (choice["message"]["content"] or "").strip(), choice.get("finish_reason") == "stop"
 
