@@ -31,6 +31,8 @@ from bench.output import ci_cell, named_paths, paired_ci, run_and_write
 from p2p_edge.errors import InputError
 
 REPLY_TOKENS = 96
+PRIOR_SUFFIX = "+prior"           # a hypernet's adapters plus each user's token prior
+PRIOR_ALONE = "prior alone"       # the base model plus each user's token prior: the non-LLM user prior
 SHORT_WORDS = 5
 WRITING_VARIANTS = ("base", "own", "null", "other")
 
@@ -76,14 +78,17 @@ def reply_stats(replies: list[str]) -> dict:
 
 
 def generate_replies(llm, adapter_path: Path | None, prompts: list[str], system: str,
-                     scale: float = 1.0) -> list[str]:
+                     scale: float = 1.0, prior=None) -> list[str]:
+    """Greedy replies with an adapter (None = none) and a token prior (None = none) in use."""
     from p2p_edge.train.preserve import base_reply
 
     ad = llm.load_adapter(adapter_path) if adapter_path is not None else None
     llm.use(ad, scale)
+    llm.set_prior(prior)
     try:
         return [base_reply(llm, p, system, REPLY_TOKENS)[0] for p in prompts]
     finally:
+        llm.set_prior(None)
         if ad is not None:
             llm.free(ad)
 
@@ -102,16 +107,27 @@ def lora_tensors(lora) -> dict:
 
 def rows_nll(model, injector, lora: dict | None, rows: list, pad_id: int) -> list[float]:
     """Loss per target token of each row (a list of (ids, labels)), with `lora` in use (None = the base model)."""
+    return rows_nll_biased(model, injector, lora, rows, pad_id, {"": None})[""]
+
+
+def rows_nll_biased(model, injector, lora: dict | None, rows: list, pad_id: int, biases: dict) -> dict[str, list[float]]:
+    """rows_nll under each of several logit biases ({name: (vocab,) array or None}), from one forward pass."""
     import torch
 
-    from p2p_edge.train.lm import Row, collate, target_losses
+    from p2p_edge.train.lm import Row, collate, target_logits
 
-    out = []
+    out: dict[str, list[float]] = {k: [] for k in biases}
+    dense = {k: None if b is None else torch.as_tensor(np.asarray(b, np.float32)) for k, b in biases.items()}
     with torch.no_grad(), injector.use(lora):
         for i in range(0, len(rows), 4):
             ids, mask, labels, _ = collate([Row(a, b, 0) for a, b in rows[i:i + 4]], pad_id)
-            tok, valid = target_losses(model, ids, mask, labels)
-            out += (tok.sum(1) / valid.sum(1).clamp(min=1)).tolist()
+            logits, tgt, valid = target_logits(model, ids, mask, labels)
+            row_of = torch.arange(len(ids))[:, None].expand_as(tgt)[valid]
+            n_tok = torch.bincount(row_of, minlength=len(ids)).clamp(min=1)
+            for k, b in dense.items():
+                tok = torch.nn.functional.cross_entropy(logits if b is None else logits + b, tgt[valid],
+                                                        reduction="none")
+                out[k] += (torch.zeros(len(ids)).index_add_(0, row_of, tok) / n_tok).tolist()
     return out
 
 
@@ -145,10 +161,20 @@ def run(args, log) -> dict:
     llm = LocalLLM(n_threads=args.threads)
     for h in hypernets.values():
         h.card.check_base(llm.spec)
+    priors = {}   # user -> TokenPrior from the profile items (what the client counts: the history, never the queries)
+    if args.token_prior:
+        from p2p_edge.token_prior import Population
+
+        pop = Population.load(args.token_prior)
+        pop.check_base(llm.spec.sha256, llm.llm.n_vocab(), args.token_prior)
+        priors = {u: pop.prior(corpus.profiles[u]["items"], llm.tokenize) for u in test}
     # replies at the strength chat uses (the card's chat_scale unless --scale); likelihoods at the trained strength
     scales = {k: (args.scale if args.scale is not None else h.card.chat_scale) for k, h in hypernets.items()}
     result = {"config": str(args.config), "part": args.part, "reply_scales": scales, "hypernets": {k: str(v.path) for k, v in hypernets.items()},
-              "prompts": str(args.prompts), "n_prompts": len(prompts), "reply_tokens": REPLY_TOKENS}
+              "prompts": str(args.prompts), "n_prompts": len(prompts), "reply_tokens": REPLY_TOKENS,
+              "token_prior": str(args.token_prior or "")}
+    if priors:
+        result["token_prior_beta"] = pop.beta
 
     # 1. replies through llama.cpp
     chat_users = pick_users(test, args.chat_users)
@@ -160,12 +186,21 @@ def run(args, log) -> dict:
                for name, h in hypernets.items()}
     with tempfile.TemporaryDirectory(prefix="p2p-bench-chat-") as tmp:
         for name in hypernets:
-            replies[name] = {}
-            for who, lora in weights[name].items():
-                path = write_adapter(Path(tmp) / "a.gguf", lora, llm.spec, dtype="f16")
-                replies[name][who] = generate_replies(llm, path, prompts, system, scales[name])
-            log(f"{name} replies: " + ", ".join(f"{w.split('/')[-1][:10]} {reply_stats(r)['mean_words']}"
-                                                 for w, r in replies[name].items()))
+            # with a token prior: each user's adapter plus their prior too ("NAME+prior"); the null profile has no
+            # history, hence no prior
+            for key, with_prior in ((name, False), (f"{name}{PRIOR_SUFFIX}", True))[: 2 if priors else 1]:
+                replies[key] = {}
+                for who, lora in weights[name].items():
+                    path = write_adapter(Path(tmp) / "a.gguf", lora, llm.spec, dtype="f16")
+                    replies[key][who] = generate_replies(llm, path, prompts, system, scales[name],
+                                                         priors.get(who) if with_prior else None)
+                log(f"{key} replies: " + ", ".join(f"{w.split('/')[-1][:10]} {reply_stats(r)['mean_words']}"
+                                                  for w, r in replies[key].items()))
+    if priors:   # the non-LLM control: the base model with the user's prior and no adapter
+        replies[PRIOR_ALONE] = {u: generate_replies(llm, None, prompts, system, 1.0, priors[u]) for u in chat_users}
+        replies[PRIOR_ALONE]["null"] = replies["base"]["-"]
+        log(f"{PRIOR_ALONE} replies: " + ", ".join(f"{w.split('/')[-1][:10]} {reply_stats(r)['mean_words']}"
+                                                   for w, r in replies[PRIOR_ALONE].items()))
     del llm
 
     # 2. losses through torch (the same LoRA weights, dequantized base)
@@ -179,10 +214,14 @@ def run(args, log) -> dict:
     result["base"] = {**base_stats, "base_reply_nll": round(float(np.mean(base_nll)), 4),
                       "replies": replies["base"]["-"][: args.keep_replies]}
     result["preservation"] = {}
-    for name in hypernets:
+    dense = {u: p.dense() for u, p in priors.items()}
+    for name in [k for k in replies if k != "base"]:
+        hname, with_prior = (name[: -len(PRIOR_SUFFIX)], True) if name.endswith(PRIOR_SUFFIX) else (name, False)
         per_who = {}
         for who, reps in replies[name].items():
-            nll = rows_nll(model, injector, lora_tensors(weights[name][who]), base_rows, tok.pad_token_id)
+            lora = None if name == PRIOR_ALONE else lora_tensors(weights[hname][who])
+            bias = dense.get(who) if (with_prior or name == PRIOR_ALONE) else None
+            nll = rows_nll_biased(model, injector, lora, base_rows, tok.pad_token_id, {"": bias})[""]
             per_who[who] = {**reply_stats(reps), "base_reply_nll_delta": round(float(np.mean(nll) - np.mean(base_nll)), 4),
                             "replies": reps[: args.keep_replies]}
         users = [w for w in per_who if w != "null"]
@@ -205,6 +244,12 @@ def run(args, log) -> dict:
     result["writing"] = {}
     for name, h in hypernets.items():
         null_lora = lora_tensors(h.generate(null))
+        # variant -> (adapter, whose prior): base/own/null/other as without a prior; with one also the adapters
+        # plus the user's (own) or the donor's (other) prior, and the prior alone on the base model
+        variants = {"base": ("base", None), "own": ("own", None), "null": ("null", None), "other": ("other", None)}
+        if priors:
+            variants |= {"own+prior": ("own", "own"), "other+prior": ("other", "other"),
+                         "prior/own": ("base", "own"), "prior/other": ("base", "other")}
         per_task: dict[str, dict[str, dict[str, float]]] = {}
         for u in test:
             by_task: dict[str, list] = {}
@@ -216,16 +261,30 @@ def run(args, log) -> dict:
                 continue
             loras = {"base": None, "own": lora_tensors(h.generate(emb[index[u]])), "null": null_lora,
                      "other": lora_tensors(h.generate(emb[index[donor[u]]]))}
+            bias_of = {"own": dense.get(u), "other": dense.get(donor[u])}
             for task, rows in by_task.items():
-                per_task.setdefault(task, {})[u] = {k: float(np.mean(rows_nll(model, injector, lo, rows, tok.pad_token_id)))
-                                                    for k, lo in loras.items()}
-        result["writing"][name] = {}
-        for task, users in sorted(per_task.items()):
-            v = {k: np.array([users[u][k] for u in sorted(users)]) for k in WRITING_VARIANTS}
-            row = {"n_users": len(users), **{k: round(float(v[k].mean()), 4) for k in WRITING_VARIANTS}}
-            for a, b in (("own", "base"), ("own", "other"), ("own", "null"), ("null", "base")):
-                row[f"{a}_minus_{b}"] = paired_ci(v[a], v[b])
-            result["writing"][name][task] = row
+                got = per_task.setdefault(task, {}).setdefault(u, {})
+                for adapter, lo in loras.items():
+                    wanted = {v: (bias_of[src] if src else None) for v, (a, src) in variants.items() if a == adapter}
+                    for v, nll in rows_nll_biased(model, injector, lo, rows, tok.pad_token_id, wanted).items():
+                        got[v] = float(np.mean(nll))
+        rows_of = {name: {k: k for k in WRITING_VARIANTS}}
+        if priors:
+            rows_of[f"{name}{PRIOR_SUFFIX}"] = {"base": "base", "own": "own+prior", "null": "null",
+                                                "other": "other+prior"}
+            # the prior alone (no adapter); its null is the base model: an empty history has no prior
+            rows_of.setdefault(PRIOR_ALONE, {"base": "base", "own": "prior/own", "null": "base",
+                                             "other": "prior/other"})
+        for key, pick in rows_of.items():
+            if key in result["writing"]:
+                continue   # the prior alone is the same for every hypernet
+            result["writing"][key] = {}
+            for task, users in sorted(per_task.items()):
+                v = {k: np.array([users[u][pick[k]] for u in sorted(users)]) for k in WRITING_VARIANTS}
+                row = {"n_users": len(users), **{k: round(float(v[k].mean()), 4) for k in WRITING_VARIANTS}}
+                for a, b in (("own", "base"), ("own", "other"), ("own", "null"), ("null", "base")):
+                    row[f"{a}_minus_{b}"] = paired_ci(v[a], v[b])
+                result["writing"][key][task] = row
         log(f"{name}: writing scored")
     injector.remove()
     return result
@@ -254,8 +313,14 @@ def render(r: dict, cmd: str) -> str:
               "Loss per token (nats, lower = likelier) of each held-out user's own unseen texts (the writing tasks' "
               "reserved queries, first tokens as scored), users weigh equally; paired 95% bootstrap CIs over users. "
               "*null*: the hypernet fed a neutral profile (no history); *other*: another held-out user's profile "
-              "(same dataset).", "",
-              "| hypernet | task | users | base | own | null | other | own - base | own - other | own - null |",
+              "(same dataset).", ""]
+    if r.get("token_prior"):
+        lines += [f"*{PRIOR_SUFFIX}* rows: the same adapters plus each user's personal token prior (`p2p_edge.token_prior`, "
+                  f"population `{r['token_prior']}`, beta {r['token_prior_beta']:g}; *other*: the donor's adapter plus "
+                  f"the donor's prior; *null*: no history, so no prior). *{PRIOR_ALONE}*: the base model plus the user's "
+                  "prior, no adapter (a non-LLM user prior). In the preservation table the same rows' replies and "
+                  "base-reply loss are under the user's prior.", ""]
+    lines += ["| hypernet | task | users | base | own | null | other | own - base | own - other | own - null |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, tasks in r["writing"].items():
         for task, row in tasks.items():
@@ -288,6 +353,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-users", type=int, default=0, help="only N held-out users for the writing part (0 = all)")
     ap.add_argument("--keep-replies", type=int, default=8, help="replies kept per adapter in the JSON")
     ap.add_argument("--scale", type=float, help="LoRA scale of the replies [default: each card's chat_scale]")
+    ap.add_argument("--token-prior", type=Path, metavar="POPULATION",
+                    help="a token population table (bench.token_prior): also read each hypernet with every user's "
+                         "token prior, and the prior alone")
     ap.add_argument("--part", choices=("test", "val"), default="test",
                     help="val: validation users, to choose between candidates without test users")
     ap.add_argument("--threads", type=int, default=2)
