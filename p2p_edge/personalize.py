@@ -21,6 +21,7 @@ from . import __version__
 from p2p_edge.gguf import write_adapter
 from .errors import InputError, ModelFileError
 from .fileio import atomic_write_text, ensure_private_dir, remove_temps
+from .base import file_sha256
 from .history import History, load_history
 from .hypernet import Hypernet
 from .paths import PROMPTS_DIR, data_dir
@@ -116,11 +117,12 @@ class Client:
         self.hypernet.card.check_base(self.base)
         self.encoder = Encoder(encoder_dir, threads=threads)
         self.hypernet.card.check_encoder(self.encoder.name, self.encoder.dim)
-        self.population = None
+        self.population, self.population_sha256 = None, None
         pop_path = DEFAULT_POPULATION if token_population is None else token_population
         if pop_path is not False and (token_population is not None or Path(pop_path).is_file()):
             self.population = Population.load(Path(pop_path))
             self.population.check_base(self.base.sha256, self.llm.llm.n_vocab(), pop_path)
+            self.population_sha256 = file_sha256(pop_path)
         self.load_ms = (time.perf_counter() - t) * 1e3
         self.summaries = SummaryCache()
         self.embeddings = EmbeddingCache(self.encoder.card.get("onnx_sha256", self.encoder.name))
@@ -193,9 +195,12 @@ class Client:
             T["load"] = (t6 - t5) * 1e3
             prior = None
             if self.population is not None:   # the token prior: counted from every kept item, beside the adapter
-                prior = self.population.prior(history.items, self.llm.tokenize, history_sha256=history.sha256,
-                                              default_on=self.population.default_on)
-                prior.save(prior_file)
+                prior = self._stored_prior(prior_file, history.sha256)   # warm: the same history and table
+                if prior is None:
+                    prior = self.population.prior(history.items, self.llm.tokenize, history_sha256=history.sha256,
+                                                  default_on=self.population.default_on,
+                                                  population_sha256=self.population_sha256)
+                    prior.save(prior_file)
             elif prior_file.exists():   # an older run's prior must not outlive this adapter
                 prior_file.unlink()
             T["prior"] = (time.perf_counter() - t6) * 1e3
@@ -207,6 +212,21 @@ class Client:
             atomic_write_text(profile_path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
         return Result(adapter_path, profile_path, profile, history, T, adapter_path.stat().st_size,
                       prior_file if prior is not None else None)
+
+    def _stored_prior(self, path: Path, history_sha256: str):
+        """The prior already beside the adapter if it was made from this history with this population table (a
+        warm run tokenizes nothing: counting a long history costs ~0.1-0.3 s); else None."""
+        from .token_prior import TokenPrior
+
+        if not path.is_file():
+            return None
+        try:
+            prior = TokenPrior.load(path)
+        except ModelFileError:
+            return None   # damaged: made again
+        same = (prior.meta.get("history_sha256") == history_sha256
+                and prior.meta.get("population_sha256") == self.population_sha256)
+        return prior if same else None
 
     def _profile_doc(self, history: History, profile: Profile, adapter_path: Path, T: dict, top_k: int) -> dict:
         card = self.hypernet.card
@@ -246,7 +266,6 @@ def forget_user(*, history: Path | None = None, user: str | None = None) -> list
     the history (summary, item vectors). The history file itself is the user's and is never touched."""
     import shutil
 
-    from .base import file_sha256
     from .profile import EmbeddingCache, SummaryCache
 
     uid = user or user_id_for(history)

@@ -655,6 +655,15 @@ def test_personalize_writes_the_token_prior_beside_the_adapter(shared_llm, hyp, 
     assert personal_prior(out / "adapter.gguf") is not None   # it rides with this adapter
     prof = json.loads((out / "profile.json").read_text())
     assert prof["token_prior"]["distinct_tokens"] == len(prior) and prof["token_prior"]["default_on"] is True
+    # a warm run (same history, same table) keeps the prior as it is; another history makes a new one
+    before = prior_file.stat()
+    assert invoke("personalize", EXAMPLE_HISTORY, "--hypernet", hyp, "--summary", SUMMARY, "--out", out).exit_code == 0
+    assert (prior_file.stat().st_ino, prior_file.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"text": "Completely different words here."}) + "\n")
+    assert invoke("personalize", other, "--hypernet", hyp, "--summary", SUMMARY, "--out", out).exit_code == 0
+    again = TokenPrior.load(prior_file)
+    assert again.meta["history_sha256"] == sha256(other) and len(again) < len(prior)
 
 
 def test_personalize_without_a_population_leaves_no_stale_prior(shared_llm, hyp, tmp_path, toy_population,
