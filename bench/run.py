@@ -237,6 +237,10 @@ def main(argv=None) -> int:
                      "--out", str(out / "chat")]
         if args.quick:
             chat_args += ["--max-prompts", "6", "--chat-users", "2", "--max-users", "6"]
+        from p2p_edge.token_prior import DEFAULT_POPULATION
+
+        if DEFAULT_POPULATION.is_file():   # the personal model is the adapter plus the user's token prior
+            chat_args += ["--token-prior", str(DEFAULT_POPULATION)]
         if chat_main(chat_args) != 0:
             raise SystemExit("bench.chat failed")
 

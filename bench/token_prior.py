@@ -92,7 +92,7 @@ def run(args, log) -> dict:
     per_task = {t: {k: round(float(np.mean([v[k] for v in losses[t].values()])), 4) for k in mean} | {
         "n_users": len(losses[t])} for t in tasks}
     chosen = Population.from_counts(pooled, beta=beta, mu=args.mu, meta={
-        "id": args.population_id, "default_on": False,
+        "id": args.population_id, "default_on": args.default_on, "limits": args.limits,
         "base_name": base_meta.get("name", ""), "base_sha256": base_meta.get("sha256", ""),
         "config": str(args.config), "n_users": len(train), "n_tokens": int(pooled.sum()),
         "beta_chosen_on": f"training users' own texts of {', '.join(tasks)} under {hyper.card.id}'s adapters",
@@ -131,6 +131,10 @@ def main(argv=None) -> int:
     ap.add_argument("--mu", type=float, default=2000.0, help="smoothing of a user's counts toward the population's")
     ap.add_argument("--population", type=Path, help="write the population table (with the chosen beta) here")
     ap.add_argument("--population-id", default="p2p-smollm2-135m-token-population-1")
+    ap.add_argument("--default-on", action="store_true",
+                    help="the written table turns the prior on in chat and serve by default (only after its reading "
+                         "on test users met the rule: bench/results/reading_rules/decision_rule_token_prior.txt)")
+    ap.add_argument("--limits", default="", help="what the prior does not do, in words (shown by p2p-edge info)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
     return run_and_write("bench.token_prior", run, render, ap.parse_args(argv), argv)

@@ -184,7 +184,7 @@ def test_token_prior_end_to_end_on_tiny_writers(tmp_path, use_encoder, random_hy
     r = json.loads((tmp_path / "beta.json").read_text())
     loaded = Population.load(pop)
     assert r["beta"] in token_prior.GRID and loaded.beta == r["beta"] and loaded.default_on is False
-    assert r["per_task"]["writer_post"]["n_users"] == 3 and r["n_population_users"] >= 3
+    assert 1 <= r["per_task"]["writer_post"]["n_users"] <= min(3, r["n_population_users"])
     loaded.check_base(base_spec.sha256, 49152)
     out = tmp_path / "chat"
     rc = chat.main(["--config", str(cfg), "--prompts", str(prompts), "--hypernet", f"rand={random_hypernet_path}",

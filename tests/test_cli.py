@@ -424,8 +424,10 @@ def test_info_in_process(use_encoder, tmp_path):
     r = invoke("info")
     assert r.exit_code == 0, r.output
     rows = {line[:11].strip(): line[12:].removesuffix("  (missing)") for line in r.stdout.splitlines()}
-    assert set(rows) == {"base model", "encoder", "hypernet", "data dir", "cache dir", "hypernet id", "limits"}
+    assert set(rows) == {"base model", "encoder", "hypernet", "data dir", "cache dir", "hypernet id", "limits",
+                         "token prior", "its limits"}
     assert rows["hypernet id"].startswith("p2p-smollm2-135m") and "chat" in rows["limits"].lower()   # the card's own words
+    assert rows["token prior"].endswith("(beta 0.3, on by default)") and "not learnt" in rows["its limits"]
     assert rows["encoder"] == str(use_encoder)
     assert rows["data dir"] == os.environ["P2P_EDGE_HOME"]
     assert "base model  " in r.stdout and "(missing)" not in r.stdout.split("\n")[0]

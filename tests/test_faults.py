@@ -23,7 +23,7 @@ from conftest import EXAMPLE_HISTORY, ROOT
 from bench.robustness import run_and_kill
 from p2p_edge.fileio import temp_glob
 
-OUTPUTS = ("adapter.gguf", "profile.json")
+OUTPUTS = ("adapter.gguf", "profile.json", "token_prior.npz")   # the shipped token prior's table is on
 OLD_SUMMARY = "Writes about trains and collects stamps."
 NEW_SUMMARY = "Plays acoustic guitar and bakes sourdough."
 

@@ -136,7 +136,7 @@ def test_cli_export_prints_the_files_and_errors_in_one_line(tmp_path, adapter):
 def test_the_python_api_personalizes_and_chats(llm, use_encoder, random_hypernet_path, tmp_path):
     """The README's Python API: `from p2p_edge import Client`, personalize a history, chat with the adapter."""
     import p2p_edge
-    from p2p_edge import Client, adapter_scale
+    from p2p_edge import Client, adapter_scale, personal_prior
 
     client = Client(hypernet_path=random_hypernet_path, llm=llm)
     history = Path(__file__).resolve().parents[1] / "examples" / "history.jsonl"
@@ -146,8 +146,11 @@ def test_the_python_api_personalizes_and_chats(llm, use_encoder, random_hypernet
     loaded = client.llm.load_adapter(result.adapter)
     try:
         client.llm.use(loaded, scale=adapter_scale(result.adapter))
+        client.llm.set_prior(personal_prior(result.adapter))   # the shipped table: a prior beside the adapter
+        assert client.llm.prior is not None and result.token_prior == result.adapter.parent / "token_prior.npz"
         reply = client.llm.chat([{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0.0)
     finally:
+        client.llm.set_prior(None)
         client.llm.use(None)
         client.llm.free(loaded)
     assert reply.strip()

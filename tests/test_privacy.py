@@ -56,9 +56,11 @@ def test_personalize_and_forget_without_network(no_network, use_encoder, random_
     doc = json.loads(r.stdout)
     adapter = Path(doc["adapter"])
     assert adapter.is_file() and adapter.parent.name == "alice"
+    prior = Path(doc["token_prior"])   # the shipped table is on: the prior is written beside the adapter
+    assert prior.parent == adapter.parent and prior.is_file()
     r = CliRunner().invoke(app, ["forget", "--user", "alice"])
     assert r.exit_code == 0, r.output
-    assert not adapter.parent.exists()
+    assert not adapter.parent.exists() and not prior.exists()
     assert hist.is_file()  # the user's own history is never touched
     r = CliRunner().invoke(app, ["forget"])
     assert r.exit_code != 0 and "either a history file or --user" in r.output

@@ -151,3 +151,13 @@ def test_llama_cpp_tokenizer_counts_as_the_client_does(base_model_path, llm):
     tokenize, n = vocab_tokenizer(base_model_path)
     text = "I bought a capo for my Taylor; it's great.\n\nFive stars: 5/5 ✓"
     assert n == llm.llm.n_vocab() and tokenize(text) == llm.tokenize(text)
+
+
+def test_the_shipped_population_fits_the_bundled_base_and_says_what_it_does_not_do(base_spec):
+    from p2p_edge.token_prior import DEFAULT_POPULATION
+
+    pop = Population.load(DEFAULT_POPULATION)
+    pop.check_base(base_spec.sha256, 49152, DEFAULT_POPULATION)
+    assert pop.meta["id"] and pop.meta["limits"] and pop.meta["n_users"] > 100
+    assert 0 < pop.beta <= 1 and pop.mu > 0
+    assert DEFAULT_POPULATION.stat().st_size < 1_000_000

@@ -210,4 +210,15 @@ def info():
             typer.echo(f"{'limits':11s} {card.limits}")
     except P2PError:
         pass
+    from p2p_edge.token_prior import DEFAULT_POPULATION, Population
+
+    if DEFAULT_POPULATION.is_file():   # the token prior's table: whether chat and serve use it by default, and limits
+        try:
+            pop = Population.load(DEFAULT_POPULATION)
+            typer.echo(f"{'token prior':11s} {DEFAULT_POPULATION} (beta {pop.beta:g}, "
+                       f"{'on' if pop.default_on else 'off'} by default)")
+            if pop.meta.get("limits"):
+                typer.echo(f"{'its limits':11s} {pop.meta['limits']}")
+        except P2PError as e:
+            typer.echo(f"{'token prior':11s} {e}")
 
