@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ("read", "summary", "encode", "hypernet", "write", "load")
+STAGES = ("read", "summary", "encode", "hypernet", "write", "load", "prior")
 
 
 def write_history(items: list[dict], path: Path) -> Path:
