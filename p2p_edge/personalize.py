@@ -19,9 +19,9 @@ from pathlib import Path
 
 from . import __version__
 from p2p_edge.gguf import write_adapter
+from .base import file_sha256
 from .errors import InputError, ModelFileError
 from .fileio import atomic_write_text, ensure_private_dir, remove_temps
-from .base import file_sha256
 from .history import History, load_history
 from .hypernet import Hypernet
 from .paths import PROMPTS_DIR, data_dir
