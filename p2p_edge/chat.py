@@ -20,23 +20,27 @@ def _trim(messages: list[dict]) -> list[dict]:
     return system + turns
 
 
-def adapter_scale(adapter: Path) -> float:
-    """The LoRA strength an adapter's hypernet card recommends for chat (written into the adapter; 1.0 if none)."""
+def adapter_meta(adapter: Path) -> dict[str, str]:
+    """The `p2p.meta.*` strings written into an adapter (the whole file is read and validated: read it once)."""
     from p2p_edge.gguf import read_adapter
 
-    _, meta = read_adapter(adapter)
+    return read_adapter(adapter)[1]
+
+
+def adapter_scale(adapter: Path, meta: dict[str, str] | None = None) -> float:
+    """The LoRA strength an adapter's hypernet card recommends for chat (written into the adapter; 1.0 if none)."""
+    meta = adapter_meta(adapter) if meta is None else meta
     try:
         return float(meta.get("chat_scale", 1.0))
     except ValueError:
         return 1.0
 
 
-def personal_prior(adapter: Path):
+def personal_prior(adapter: Path, meta: dict[str, str] | None = None):
     """The token prior stored beside an adapter by personalize, if it was built from the adapter's own history."""
-    from p2p_edge.gguf import read_adapter
     from p2p_edge.token_prior import prior_for_adapter
 
-    _, meta = read_adapter(adapter)
+    meta = adapter_meta(adapter) if meta is None else meta
     return prior_for_adapter(adapter, meta.get("history_sha256"))
 
 
@@ -61,6 +65,7 @@ def run_repl(*, adapter: Path | None, history: Path | None, base_model: Path | N
     """prior: use the token prior stored beside the adapter (None: as the population table says, default_on)."""
     from .paths import PROMPTS_DIR
     from .runtime import LocalLLM
+    from .token_prior import active_prior
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
 
@@ -78,12 +83,13 @@ def run_repl(*, adapter: Path | None, history: Path | None, base_model: Path | N
         adapter = res.adapter
         say(f"personalized from {res.history.n_items} items -> {adapter}")
     loaded = llm.load_adapter(adapter) if adapter is not None else None
+    meta = adapter_meta(adapter) if adapter is not None else None
     if scale is None:
-        scale = adapter_scale(adapter) if adapter is not None else 1.0
+        scale = adapter_scale(adapter, meta) if adapter is not None else 1.0
     llm.use(loaded, scale)
-    token_prior = personal_prior(adapter) if adapter is not None else None
-    prior_on = token_prior is not None and (prior if prior is not None else bool(token_prior.meta.get("default_on")))
-    llm.set_prior(token_prior if prior_on else None)
+    token_prior = personal_prior(adapter, meta) if adapter is not None else None
+    llm.set_prior(active_prior(token_prior, prior))
+    prior_on = llm.prior is not None
     state = f"on (scale {scale:g}) · {prior_state(token_prior, prior_on)}" if loaded else "off (base model)"
     say(f"p2p-edge chat · {llm.spec.name} · adapter {state}\n{HELP}")
 

@@ -118,11 +118,12 @@ class Client:
         self.encoder = Encoder(encoder_dir, threads=threads)
         self.hypernet.card.check_encoder(self.encoder.name, self.encoder.dim)
         self.population, self.population_sha256 = None, None
-        pop_path = DEFAULT_POPULATION if token_population is None else token_population
-        if pop_path is not False and (token_population is not None or Path(pop_path).is_file()):
-            self.population = Population.load(Path(pop_path))
-            self.population.check_base(self.base.sha256, self.llm.llm.n_vocab(), pop_path)
-            self.population_sha256 = file_sha256(pop_path)
+        if token_population is None:   # the shipped table, where one is installed
+            token_population = DEFAULT_POPULATION if DEFAULT_POPULATION.is_file() else False
+        if token_population is not False:   # a table given explicitly must exist: Population.load says so if not
+            self.population = Population.load(Path(token_population))
+            self.population.check_base(self.base.sha256, self.llm.llm.n_vocab(), token_population)
+            self.population_sha256 = file_sha256(token_population)
         self.load_ms = (time.perf_counter() - t) * 1e3
         self.summaries = SummaryCache()
         self.embeddings = EmbeddingCache(self.encoder.card.get("onnx_sha256", self.encoder.name))

@@ -145,7 +145,7 @@ class LocalLLM:
 
     def tokenize(self, text: str) -> list[int]:
         """The base model's token ids of plain text (no BOS, special tokens as text)."""
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        return _plain_tokens(self.llm, text)
 
     def last_logits(self, token_ids: list[int]) -> np.ndarray:
         """Logits after `token_ids`, from a clean KV state."""
@@ -163,4 +163,9 @@ def vocab_tokenizer(model_path: Path | None = None):
 
     with _sigint_after_c_call():
         llm = llama_cpp.Llama(model_path=str(Path(model_path or default_base_model())), vocab_only=True, verbose=False)
-    return (lambda text: llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)), llm.n_vocab()
+    return (lambda text: _plain_tokens(llm, text)), llm.n_vocab()
+
+
+def _plain_tokens(llama, text: str) -> list[int]:
+    """A llama_cpp.Llama's token ids of plain text: no BOS, and "<|im_end|>" written in a text is text."""
+    return llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)

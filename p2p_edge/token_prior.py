@@ -173,6 +173,13 @@ class Population:
                                  f"sha256 {base_sha256[:12]}…)")
 
 
+def active_prior(prior: TokenPrior | None, on: bool | None) -> TokenPrior | None:
+    """`prior` if generation should run under it: `on` as asked, or with None as its table said (default_on)."""
+    if prior is None:
+        return None
+    return prior if (on if on is not None else bool(prior.meta.get("default_on"))) else None
+
+
 def prior_path(adapter: Path) -> Path:
     return Path(adapter).parent / PRIOR_FILE
 

@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import ModelFileError
 from ..paths import DEFAULT_BASE_ID, data_dir, default_base_model
 from ..personalize import user_dir
+from ..token_prior import active_prior
 from .metrics import Metrics
 from .schemas import USER_ID, ApiError
 
@@ -182,7 +183,7 @@ class Engine:
             self.llm.free(entry.adapter)
 
     def _load(self, user: str) -> _Loaded:
-        from ..chat import adapter_scale, personal_prior
+        from ..chat import adapter_meta, adapter_scale, personal_prior
         from ..token_prior import prior_path
 
         path = adapter_path(user)
@@ -206,8 +207,8 @@ class Engine:
             self.metrics.inc("adapter_cache_evictions_total")
         adapter = self.llm.load_adapter(path)
         try:
-            scale = adapter_scale(path)
-            prior = personal_prior(path)
+            meta = adapter_meta(path)
+            scale, prior = adapter_scale(path, meta), personal_prior(path, meta)
         except Exception:
             self.llm.free(adapter)
             raise
@@ -225,8 +226,7 @@ class Engine:
         else:
             entry = self._load(user)
             self.llm.use(entry.adapter, entry.scale if scale is None else scale)
-            on = entry.prior is not None and (prior if prior is not None else bool(entry.prior.meta.get("default_on")))
-            self.llm.set_prior(entry.prior if on else None)
+            self.llm.set_prior(active_prior(entry.prior, prior))
         self.metrics.observe("adapter_swap_ms", (time.perf_counter() - t) * 1e3)
 
     def loaded_users(self) -> frozenset[str]:
