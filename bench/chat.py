@@ -67,6 +67,11 @@ def load_hypernets(specs: list[str], cfg, threads: int) -> dict:
     return out
 
 
+def writing_tasks(corpus) -> list[str]:
+    """The tasks whose target is the user's own text (the `text` field): the long-form writing tasks."""
+    return [n for n, t in corpus.tasks.items() if t.kind == "generation" and t.target_field == "text"]
+
+
 # ------------------------------------------------------------------------------------------------ replies
 def words(text: str) -> int:
     return len(text.split())
@@ -238,8 +243,7 @@ def run(args, log) -> dict:
 
     # 3. personal writing: own / null / another held-out user's adapter on the user's unseen texts
     # default: the tasks whose target is the user's own text (the `text` field), i.e. the long-form writing tasks
-    writing = args.writing_tasks or [n for n, t in corpus.tasks.items() if t.kind == "generation"
-                                     and t.target_field == "text"]
+    writing = args.writing_tasks or writing_tasks(corpus)
     donor = derangement(test, seed=1)
     result["writing"] = {}
     for name, h in hypernets.items():

@@ -19,15 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.chat import writing_tasks
 from bench.output import run_and_write
 from p2p_edge.errors import InputError
 
 GRID = (0.1, 0.2, 0.3, 0.5, 0.75)
-
-
-def writing_tasks(corpus) -> list[str]:
-    """The tasks whose target is the user's own text: the long-form writing tasks."""
-    return [n for n, t in corpus.tasks.items() if t.kind == "generation" and t.target_field == "text"]
 
 
 def training_users(corpus, split: str) -> list[str]:
