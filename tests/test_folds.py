@@ -57,6 +57,24 @@ def test_the_relocated_recipe_means_the_same_from_another_directory(tmp_path):
     assert da == db  # every other knob unchanged
 
 
+def test_an_overlay_recipe_keeps_its_base_and_its_own_paths_from_another_directory(tmp_path):
+    # the chat recipes are overlays (extends = "train_chat.toml") with paths of their own (preserve_replies)
+    src = ROOT / "configs" / "train_chat_kl.toml"
+    data = relocated_config(src, out_dir=str(tmp_path / "p2p"), **{"train.threads": 1})
+    (tmp_path / "c.toml").write_text(dump_toml(data))
+    a, b = load_config(src), load_config(tmp_path / "c.toml")
+    assert b.resolve(b.train.preserve_replies) == a.resolve(a.train.preserve_replies)
+    assert b.resolve(b.train.preserve_replies).is_file()
+    da, db = a.to_dict(), b.to_dict()
+    for d in (da, db):
+        for k in ("source", "tasks_config", "splits_file", "out_dir"):
+            d.pop(k)
+        d["profiles"].pop("summaries_dir")
+        for k in ("threads", "preserve_replies"):
+            d["train"].pop(k)
+    assert da == db and b.train.threads == 1  # the base's knobs (tasks, preservation, steps) came along
+
+
 def test_cli_writes_a_fold_that_loads(tmp_path, capsys):
     out = tmp_path / "fold1"
     assert main(["--config", str(ROOT / "configs" / "train_default.toml"), "--datasets", "huffpost_news",

@@ -27,12 +27,12 @@ from pathlib import Path
 
 from p2p_edge.errors import InputError
 from p2p_edge.fileio import atomic_write_text
-from p2p_edge.train.config import load_config
+from p2p_edge.train.config import PATH_KEYS, load_config
 from p2p_edge.eval.splits import load_splits, save_splits
 
-# config keys that hold paths (relative to the config file): made absolute in a copy written elsewhere
-PATH_KEYS = (("tasks_config",), ("splits_file",), ("out_dir",), ("base", "path"), ("profiles", "summaries_dir"),
-             ("train", "init_from"))
+# keys that hold paths relative to the config file, made absolute in a copy written elsewhere: the config's own
+# path keys and an overlay's `extends` (whose chain then resolves against its own files, as in load_config)
+RELOCATED_KEYS = ("extends", *PATH_KEYS)
 
 
 def fold_splits(users: dict[str, list[str]], test_datasets: set[str], folds: int, fold: int,
@@ -84,14 +84,15 @@ def relocated_config(src: Path, **overrides) -> dict:
     "table.key" names) applied: a copy that means the same wherever it is written."""
     data = tomllib.loads(src.read_text(encoding="utf-8"))
     base = src.resolve().parent
-    for keys in PATH_KEYS:
+    for key in RELOCATED_KEYS:
+        *tables, name = key.split(".")
         table = data
-        for k in keys[:-1]:
-            table = table.get(k, {})
-        v = table.get(keys[-1])
+        for t in tables:
+            table = table.get(t, {})
+        v = table.get(name)
         if isinstance(v, str) and v:
             p = Path(v).expanduser()
-            table[keys[-1]] = str(p if p.is_absolute() else (base / p).resolve())
+            table[name] = str(p if p.is_absolute() else (base / p).resolve())
     for name, v in overrides.items():
         *tables, key = name.split(".")
         table = data
