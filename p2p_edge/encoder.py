@@ -1,6 +1,7 @@
 """Sentence encoder on onnxruntime + tokenizers: mean-pool, L2-normalise (= sentence-transformers).
 
-The ONNX file comes from `python -m p2p_edge.export.encoder`; the client never needs torch.
+The ONNX file comes from `python -m p2p_edge.export.encoder` (run once where torch is: `make encoder` puts it inside
+the package, and a wheel built then carries it); the client never needs torch.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ class Encoder:
         card_path = self.dir / "encoder.json"
         if not card_path.is_file():
             raise ModelFileError(
-                f"{self.dir}: no exported sentence encoder here; run `python -m p2p_edge.export.encoder` "
-                "(needs pip install -e '.[export]') or set P2P_EDGE_ENCODER"
+                f"{self.dir}: no exported sentence encoder here; install a p2p-edge wheel built by `make wheel` "
+                "(it carries the encoder), run `make encoder` in a checkout (needs the export extra), "
+                "or set P2P_EDGE_ENCODER"
             )
         try:
             self.card = json.loads(card_path.read_text())

@@ -30,10 +30,20 @@ def cache_dir() -> Path:
     return Path(home) / "cache" if home else Path(user_cache_dir(APP))
 
 
+# The encoder inside the package: `make encoder` exports it here (git ignores it: 90 MB is a package's file, not a
+# repository's) and a wheel built afterwards (`make wheel`) carries it, so a client-only install needs no torch.
+BUNDLED_ENCODER_DIR = ASSETS_DIR / "encoder"
+
+
 def encoder_dir() -> Path:
-    """The exported ONNX sentence encoder (model.onnx + tokenizer.json + encoder.json)."""
+    """The exported ONNX sentence encoder (model.onnx + tokenizer.json + encoder.json): P2P_EDGE_ENCODER, else the one
+    inside the package, else the data dir's (where earlier versions exported it)."""
     env = os.environ.get("P2P_EDGE_ENCODER")
-    return Path(env) if env else data_dir() / "encoder" / "all-MiniLM-L6-v2"
+    if env:
+        return Path(env)
+    if (BUNDLED_ENCODER_DIR / "encoder.json").is_file():
+        return BUNDLED_ENCODER_DIR
+    return data_dir() / "encoder" / "all-MiniLM-L6-v2"
 
 
 def default_base_model() -> Path:

@@ -141,6 +141,29 @@ def test_env_var_points_to_missing_dir(tmp_path, monkeypatch):
     assert str(d) in _one_line(ei.value)
 
 
+def test_which_encoder_the_client_finds(tmp_path, monkeypatch):
+    # P2P_EDGE_ENCODER, else the one inside the package (make encoder / a wheel), else the data dir's
+    from p2p_edge import paths
+
+    bundled = tmp_path / "pkg" / "assets" / "encoder"
+    monkeypatch.setattr(paths, "BUNDLED_ENCODER_DIR", bundled)
+    monkeypatch.delenv("P2P_EDGE_ENCODER", raising=False)
+    assert paths.encoder_dir() == paths.data_dir() / "encoder" / "all-MiniLM-L6-v2"
+    bundled.mkdir(parents=True)
+    assert paths.encoder_dir() != bundled  # an empty folder is not an encoder
+    (bundled / "encoder.json").write_text("{}")
+    assert paths.encoder_dir() == bundled
+    monkeypatch.setenv("P2P_EDGE_ENCODER", str(tmp_path / "mine"))
+    assert paths.encoder_dir() == tmp_path / "mine"
+
+
+def test_the_missing_encoder_error_says_how_to_get_one(tmp_path):
+    with pytest.raises(ModelFileError) as ei:
+        Encoder(tmp_path)
+    msg = _one_line(ei.value)
+    assert "make wheel" in msg and "make encoder" in msg
+
+
 def _break_card_json(d):
     (d / "encoder.json").write_text("{not json")
 

@@ -3,7 +3,8 @@
     python -m p2p_edge.export.encoder [--out DIR] [--int8]
 
 Writes DIR/model.onnx, DIR/tokenizer.json, DIR/encoder.json (the card the client reads) and DIR/NOTICE (the
-model's licence). Default DIR is p2p_edge.paths.encoder_dir(). Needs `pip install -e '.[export]'`; runs offline.
+model's licence). Default DIR is p2p_edge.paths.encoder_dir(); `make encoder` writes into the package
+(p2p_edge/assets/encoder/, which a wheel built afterwards carries). Needs `pip install -e '.[export]'`; runs offline.
 
 --int8: int8 STORAGE of the weights, float32 arithmetic: every large weight matrix is stored as int8 with float32
 scales (see store_weights_int8) and turned back into float32 by Cast and Mul nodes that onnxruntime folds into
