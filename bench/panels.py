@@ -33,6 +33,7 @@ from p2p_edge.eval.results_io import answers_path, read_answers
 from p2p_edge.eval.stats import answer_changes, answer_changes_cells, paired_diff, to_json, user_metric_table
 
 METHODS = ("base", "mt_lora", "p2p", "p2p_shuffled", "prior")
+NULL = "p2p_null"   # the hypernet fed a neutral no-history profile (report --null-profile): the last columns
 
 
 SPEC = "NAME=REPORT_DIR[,REPORT_DIR...]"
@@ -55,7 +56,7 @@ def load_answers(report: Path, split: str, task: str) -> dict[str, dict[str, lis
     if missing:
         raise InputError(path, f"no answers for {', '.join(missing)}", field="methods")
     users = sorted(u for u, rows in raw["p2p"].items() if any(r[0] == task for r in rows))
-    return {m: {u: raw[m][u] for u in users if u in raw[m]} for m in METHODS if m in raw}
+    return {m: {u: raw[m][u] for u in users if u in raw[m]} for m in (*METHODS, NULL) if m in raw}
 
 
 # metric -> (the task kind it scores, the function): none needs the task's config (an auto_top_k task only knows its
@@ -94,13 +95,14 @@ def panel_row(answers: dict, task: str, metric: str = "accuracy") -> dict:
     tasks = {task: Scorer(metric)}
     acc = to_json(user_metric_table(answers, tasks))
     row = {"n_users": len(answers["p2p"]),
-           "methods": {m: acc[m][task][metric] for m in METHODS if task in acc.get(m, {})},
+           "methods": {m: acc[m][task][metric] for m in (*METHODS, NULL) if task in acc.get(m, {})},
            "answer_changes": answer_changes(answers, "p2p", "p2p_shuffled", tasks)[task]}
     pairs = (("own_minus_shuffled", "p2p_shuffled"), ("p2p_minus_prior", "prior"), ("p2p_minus_base", "base"),
-             ("p2p_minus_mt_lora", "mt_lora"))
+             ("p2p_minus_mt_lora", "mt_lora"), ("p2p_minus_null", NULL))
     for key, other in pairs:
         # the prior answers label tasks only; base: does the hypernet beat the base model on every task?
-        # mt_lora: only reports given the control (a k-fold report gets it through report --reuse)
+        # mt_lora: only reports given the control (a k-fold report gets it through report --reuse); null: only
+        # reports run with --null-profile
         if other in answers and any(r[0] == task for rows in answers[other].values() for r in rows):
             gap = to_json({"d": paired_diff(answers, "p2p", other, tasks)})["d"][task]
             row[key] = {"diff": gap[metric], "ci": gap[f"{metric}_ci"]}
@@ -134,11 +136,12 @@ def render(r: dict, cmd: str) -> str:
              f"reports), {m}, paired 95% CI over users. Each panel is one report's users (disjoint panels of the "
              "same split); *pooled* is all of them together. A candidate gated on its validation panel leans "
              "upward there. *prior* is the user's most frequent profile label. *Changed*: answers that differ "
-             "between the own and the shuffled profile, and on how many of those each was right.", "",
+             "between the own and the shuffled profile, and on how many of those each was right. *Null*: the "
+             "hypernet fed a neutral no-history profile (reports run with --null-profile).", "",
              "| candidate | split | panel | users | base | MT-LoRA | P2P | P2P, shuffled | prior "
              "| own minus shuffled [95% CI] | P2P minus prior [95% CI] | P2P minus base [95% CI] "
-             "| P2P minus MT-LoRA [95% CI] | changed | own / shuffled right |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| P2P minus MT-LoRA [95% CI] | changed | own / shuffled right | P2P, null | P2P minus null [95% CI] |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     if r.get("note"):   # what the numbers cannot say themselves (e.g. a panel whose model is known broken)
         lines[3:3] = [r["note"], ""]
     for name, c in r["candidates"].items():
@@ -146,11 +149,12 @@ def render(r: dict, cmd: str) -> str:
             for p, row in panels.items():
                 acc = row["methods"]
                 cells = " | ".join(f"{acc[k]:.3f}" if k in acc else "–" for k in METHODS)
-                prior, base, mt = (_gap(row[k]) if k in row else "–"
-                                   for k in ("p2p_minus_prior", "p2p_minus_base", "p2p_minus_mt_lora"))
+                prior, base, mt, null = (_gap(row[k]) if k in row else "–" for k in
+                                         ("p2p_minus_prior", "p2p_minus_base", "p2p_minus_mt_lora", "p2p_minus_null"))
                 lines.append(f"| {name} | {split} | {p} | {row['n_users']} | {cells} "
                              f"| {_gap(row['own_minus_shuffled'])} | {prior} | {base} | {mt} "
-                             f"| {' | '.join(answer_changes_cells(row['answer_changes']))} |")
+                             f"| {' | '.join(answer_changes_cells(row['answer_changes']))} "
+                             f"| {f'{acc[NULL]:.3f}' if NULL in acc else '–'} | {null} |")
     return "\n".join(lines) + "\n"
 
 

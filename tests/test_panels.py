@@ -73,6 +73,34 @@ def test_k_panels_pool_and_one_split_only(tmp_path):
     assert list(alone) == [str(dirs[0])]  # one panel: nothing to pool
 
 
+def test_the_null_profile_control_where_a_report_scored_it(tmp_path):
+    # fold reports run with --null-profile: own minus null pooled beside own minus shuffled
+    right, wrong = [("A", "A"), ("B", "B")], [("B", "A"), ("A", "B")]
+    dirs = []
+    for k in range(2):
+        d = write_report(tmp_path / f"fold{k}", {f"f{k}u{i}": (right, right) for i in range(4)})
+        for split in ("random", "ood"):
+            f = d / f"answers_{split}.json"
+            ans = json.loads(f.read_text())
+            # the null profile is right on half the users' queries
+            ans["p2p_null"] = {u: [["cat", p, t] for p, t in (right if i % 2 else wrong)]
+                               for i, u in enumerate(sorted(ans["p2p"]))}
+            f.write_text(json.dumps(ans))
+        dirs.append(d)
+    r = analyse([("c", dirs)], "cat", splits=("random",))["candidates"]["c"]["splits"]["random"]
+    assert r["pooled"]["methods"]["p2p_null"] == pytest.approx(0.5)
+    assert r["pooled"]["p2p_minus_null"]["diff"] == pytest.approx(0.5)
+    assert r[str(dirs[0])]["p2p_minus_null"]["diff"] == pytest.approx(0.5)
+    main([f"c={dirs[0]},{dirs[1]}", "--task", "cat", "--splits", "random", "--out", str(tmp_path / "o")])
+    md = (tmp_path / "o.md").read_text()
+    assert "| P2P, null | P2P minus null [95% CI] |" in md
+    pooled = next(line for line in md.splitlines() if "| pooled |" in line)
+    assert pooled.endswith("| 0.500 | +0.500 [" + pooled.rsplit("[", 1)[1])
+    no_null = write_report(tmp_path / "plain", {"u1": ([("A", "A")], [("B", "A")])})
+    row = analyse([("c", [no_null])], "cat")["candidates"]["c"]["splits"]["random"][str(no_null)]
+    assert "p2p_null" not in row["methods"] and "p2p_minus_null" not in row
+
+
 def test_a_user_in_both_panels_is_an_error(tmp_path):
     a = write_report(tmp_path / "a", {"u1": ([("A", "A")], [("A", "A")])})
     b = write_report(tmp_path / "b", {"u1": ([("A", "A")], [("A", "A")])})
