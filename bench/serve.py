@@ -175,6 +175,17 @@ def load(url: str, models: list[str], requests: int, max_tokens: int, timeout: f
             "ttft_p50_s": round(statistics.median(ttft), 3), "ttft_p95_s": round(q[18], 3)}
 
 
+def served_models() -> dict:
+    """What the server serves by default: the shipped hypernet's id and whether replies carry the token prior (the
+    numbers move with both: reply length, decode speed)."""
+    from p2p_edge.hypernet import DEFAULT_HYPERNET, load_card
+    from p2p_edge.token_prior import DEFAULT_POPULATION, Population
+
+    pop = Population.load(DEFAULT_POPULATION) if DEFAULT_POPULATION.is_file() else None
+    return {"hypernet": load_card(DEFAULT_HYPERNET).id,
+            "token_prior": f"on (beta {pop.beta:g})" if pop is not None and pop.default_on else "off"}
+
+
 def run(args, log) -> dict:
     import httpx
 
@@ -183,7 +194,7 @@ def run(args, log) -> dict:
     deadline = time.time() + args.deadline
     tmp = Path(tempfile.mkdtemp(prefix="p2p-bench-serve-"))
     res = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count()}, "threads": args.threads, "lru": args.lru,
-           "max_tokens": args.max_tokens, "requests_per_client": args.requests, "load": []}
+           "max_tokens": args.max_tokens, "requests_per_client": args.requests, **served_models(), "load": []}
     server = Server(tmp / "home", args.lru, args.threads, tmp / "server.log")
     try:
         server.wait_ready()
@@ -227,6 +238,8 @@ def run(args, log) -> dict:
 
 def render(r: dict, cmd: str) -> str:
     lines = ["# Serving personal adapters over HTTP", "", f"`{cmd}`", "",
+             f"Hypernet `{r.get('hypernet', '?')}`, token prior {r.get('token_prior', '?')} (each registered user's "
+             "adapter and prior, as `p2p-edge serve` does by default). "
              f"{r['machine']['cpu']} ({r['machine']['cores']} cores), server threads {r['threads']}, LRU of "
              f"{r['lru']} loaded adapters; each client streams {r['requests_per_client']} greedy replies of up to "
              f"{r['max_tokens']} tokens through the `openai` client over loopback HTTP, every client its own user's "

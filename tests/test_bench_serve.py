@@ -26,3 +26,7 @@ def test_a_small_serve_bench_has_no_errors_and_renders(use_encoder, tmp_path):
     assert r["rss_after_register"]["metrics"]["adapters_loaded"] <= 2   # the LRU bound held
     md = render(r, "python -m bench.serve --quick")
     assert "| 3 | adapters | 3 | 0 |" in md and "MiB" in md
+    from p2p_edge.hypernet import DEFAULT_HYPERNET, load_card
+
+    assert r["hypernet"] == load_card(DEFAULT_HYPERNET).id and f"Hypernet `{r['hypernet']}`" in md
+    assert r["token_prior"].startswith(("on (beta", "off")) and f"token prior {r['token_prior']}" in md
