@@ -129,7 +129,8 @@ def main(argv=None) -> int:
     md += ["", f"- hypernet + write + load (warm): **{res['warm_hypernet_write_load_ms']:.1f} ms**; adapter load alone "
            f"{res['adapter_load_ms_median']:.2f} ms; adapter file {res['adapter_bytes'] / 1e6:.2f} MB (f16)",
            f"- decode speed, 64 tokens greedy after the prompt: base {base_tps:.1f} tok/s, with adapter {lora_tps:.1f} tok/s, base again "
-           f"{base_tps2:.1f} tok/s → adapter overhead {res['adapter_overhead_pct']:.1f}%",
+           f"{base_tps2:.1f} tok/s → adapter overhead {res['adapter_overhead_pct']:.1f}% (a quick reading, median of 3 "
+           "runs each: the two base readings show its noise; `python -m bench`'s REPORT.md interleaves 15 runs)",
            f"- peak RSS of the client process: {res['peak_rss_mb']:.0f} MB", ""]
     (args.out / "client_latency.md").write_text("\n".join(md))
     print("\n".join(md))
