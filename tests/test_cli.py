@@ -444,6 +444,18 @@ def test_info_console_script(encoder_dir, tmp_path):
     assert r.stderr == ""
 
 
+def test_a_reader_that_goes_away_is_not_an_error(encoder_dir, tmp_path):
+    # `p2p-edge info | head -1`: the pipe closes before the command writes; no "error:" line, a SIGPIPE-style exit
+    if not CONSOLE_SCRIPT.is_file():
+        pytest.skip("p2p-edge console script not installed")
+    p = subprocess.Popen([str(CONSOLE_SCRIPT), "info"], env=subprocess_env(tmp_path / "home", encoder_dir),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 141, err
+    assert err == ""
+
+
 def test_no_arguments_shows_help():
     r = invoke()
     assert "personalize" in r.output and "chat" in r.output and "info" in r.output

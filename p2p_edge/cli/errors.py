@@ -28,6 +28,19 @@ def _from_interrupt(e: BaseException) -> bool:
     return False
 
 
+def _silence_stdout() -> None:
+    import os
+    import sys
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):   # not a real file (a test's capture): nothing to redirect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def friendly_errors(fn):
     """One line per error, non-zero exit; a traceback only with --debug."""
 
@@ -44,6 +57,11 @@ def friendly_errors(fn):
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130)
+        except BrokenPipeError:
+            # the reader went away (`p2p-edge info | head -1`): nothing is wrong and nothing is said; stdout goes to
+            # devnull so the interpreter's last flush does not fail again, and the exit is a shell's for SIGPIPE
+            _silence_stdout()
+            raise typer.Exit(141) from None
         except Exception as e:  # a bug: say so in one line, keep the traceback for --debug
             if _from_interrupt(e):
                 typer.echo("interrupted", err=True)
