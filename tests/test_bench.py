@@ -178,3 +178,14 @@ def test_report_names_the_measured_hypernet_file():
                           "quick": False, "findings": []})
     assert "- Quality: `python -m bench`, 2.0 min, 2026-11-27, commit abc + uncommitted changes, hypernet sha256 " \
            "0123456789ab" in md
+
+
+def test_a_result_is_headed_by_the_command_that_reruns_it(tmp_path):
+    from bench.output import write_result
+
+    seen = []
+    write_result(tmp_path / "r", {"x": 1}, lambda r, cmd: seen.append(cmd) or f"`{cmd}`\n", "bench.serve", [])
+    write_result(tmp_path / "r", {"x": 1}, lambda r, cmd: seen.append(cmd) or f"`{cmd}`\n", "bench.serve",
+                 ["--out", "a b"])
+    assert seen == ["python -m bench.serve", "python -m bench.serve --out 'a b'"]   # no trailing blank, quoted
+    assert (tmp_path / "r.md").read_text() == "`python -m bench.serve --out 'a b'`\n"
