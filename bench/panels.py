@@ -34,6 +34,7 @@ from p2p_edge.eval.stats import answer_changes, answer_changes_cells, paired_dif
 
 METHODS = ("base", "mt_lora", "p2p", "p2p_shuffled", "prior")
 NULL = "p2p_null"   # the hypernet fed a neutral no-history profile (report --null-profile): the last columns
+READ = (*METHODS, NULL)   # every method a panel reads from a report, where the report has it
 
 
 SPEC = "NAME=REPORT_DIR[,REPORT_DIR...]"
@@ -56,7 +57,7 @@ def load_answers(report: Path, split: str, task: str) -> dict[str, dict[str, lis
     if missing:
         raise InputError(path, f"no answers for {', '.join(missing)}", field="methods")
     users = sorted(u for u, rows in raw["p2p"].items() if any(r[0] == task for r in rows))
-    return {m: {u: raw[m][u] for u in users if u in raw[m]} for m in (*METHODS, NULL) if m in raw}
+    return {m: {u: raw[m][u] for u in users if u in raw[m]} for m in READ if m in raw}
 
 
 # metric -> (the task kind it scores, the function): none needs the task's config (an auto_top_k task only knows its
@@ -95,7 +96,7 @@ def panel_row(answers: dict, task: str, metric: str = "accuracy") -> dict:
     tasks = {task: Scorer(metric)}
     acc = to_json(user_metric_table(answers, tasks))
     row = {"n_users": len(answers["p2p"]),
-           "methods": {m: acc[m][task][metric] for m in (*METHODS, NULL) if task in acc.get(m, {})},
+           "methods": {m: acc[m][task][metric] for m in READ if task in acc.get(m, {})},
            "answer_changes": answer_changes(answers, "p2p", "p2p_shuffled", tasks)[task]}
     pairs = (("own_minus_shuffled", "p2p_shuffled"), ("p2p_minus_prior", "prior"), ("p2p_minus_base", "base"),
              ("p2p_minus_mt_lora", "mt_lora"), ("p2p_minus_null", NULL))

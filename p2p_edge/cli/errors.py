@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import sys
 
 import typer
 
@@ -29,9 +31,6 @@ def _from_interrupt(e: BaseException) -> bool:
 
 
 def _silence_stdout() -> None:
-    import os
-    import sys
-
     try:
         fd = sys.stdout.fileno()
     except (AttributeError, OSError, ValueError):   # not a real file (a test's capture): nothing to redirect
