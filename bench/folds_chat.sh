@@ -7,6 +7,7 @@
 #                                  and keep it: bench/assets/folds_chat/mt_foldK/ (GGUF + run record, ~1 MB, commit it)
 #   bench/folds_chat.sh report K   score fold K's test authors on news categories (own, shuffled, null profile,
 #                                  MT-LoRA, base, prior) and keep the answers: bench/results/folds_chat/foldK/
+#                                  (llama.cpp at THREADS=1 by default; THREADS=2 only on an otherwise idle machine)
 #
 # Runs go to runs/folds_chat/ (git ignores runs/: a later session retrains what it lost, but not a kept control).
 # A finished step is skipped; a killed training resumes from its last checkpoint. Pool the kept folds with
@@ -37,7 +38,7 @@ case $step in
         fold configs/train_chat_kl.toml $C
         printf 'extends = "config.toml"\ntasks = ["news_category"]\n' > $C/config_report.toml
         [ -f $C/report.done ] || { $PY -m p2p_edge.lab.report --config $C/config_report.toml --p2p $C/p2p/last.pt \
-            --mt-lora $KEPT_MT/mt_lora.gguf --null-profile --threads 1 --out $C/report >> $C/report.log 2>&1 \
+            --mt-lora $KEPT_MT/mt_lora.gguf --null-profile --threads ${THREADS:-1} --out $C/report >> $C/report.log 2>&1 \
             && touch $C/report.done; }
         mkdir -p $KEPT_REPORT
         cp $C/report/answers_*.json $C/report/metrics.json $C/report/report.md $KEPT_REPORT/
