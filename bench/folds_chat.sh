@@ -39,8 +39,7 @@ case $step in
         $PY -m p2p_edge.lab.keep_control --mt-lora $M/mt_lora/last.pt --out $KEPT_MT ;;
   report)
         [ -f $KEPT_REPORT/answers_random.json ] && { echo "fold $K is scored: $KEPT_REPORT"; exit 0; }
-        until [ -f $C/p2p.done ] && [ -f $KEPT_MT/mt_lora.gguf ]; do sleep 60; done
-        fold configs/train_chat_kl.toml $C
+        until [ -f $C/p2p.done ] && [ -f $KEPT_MT/mt_lora.gguf ]; do sleep 60; done   # p2p.done: its config is there
         printf 'extends = "config.toml"\ntasks = ["news_category"]\n' > $C/config_report.toml
         [ -f $C/report.done ] || { $PY -m p2p_edge.lab.report --config $C/config_report.toml --p2p $C/p2p/last.pt \
             --mt-lora $KEPT_MT/mt_lora.gguf --null-profile --threads ${THREADS:-1} --out $C/report >> $C/report.log 2>&1 \

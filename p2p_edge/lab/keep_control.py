@@ -1,6 +1,6 @@
 """Keep a trained MT-LoRA control as a ~1 MB GGUF adapter with its run record, so a later session can score it.
 
-A k-fold's control trains ~50 min on this CPU, and a session's runs/ does not outlive the session; the adapter and
+A k-fold's control trains ~70 min on this CPU, and a session's runs/ does not outlive the session; the adapter and
 its record do, committed (e.g. bench/assets/folds_chat/mt_fold4/). The record (the run's splits.json, config.json and
 train_log.jsonl) sits beside the adapter, so `lab.report --mt-lora DIR/mt_lora.gguf` still refuses to score users the
 control trained on, and the fold's final val loss stays readable for the divergence rule.
@@ -12,12 +12,11 @@ control trained on, and the fold's final val loss stays readable for the diverge
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import sys
 from pathlib import Path
 
-from p2p_edge.base import BaseSpec
+from p2p_edge.base import BaseSpec, file_sha256, read_base_spec
 from p2p_edge.errors import InputError, ModelFileError
 from p2p_edge.gguf import validate_adapter, write_adapter
 
@@ -36,8 +35,7 @@ def keep_control(ckpt: Path, out: Path, spec: BaseSpec) -> Path:
                          "(training writes it beside last.pt)", field="record")
     weights = shared_lora_weights(ckpt)   # InputError for a file that is not an MT-LoRA checkpoint
     out.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    adapter = write_adapter(out / ADAPTER, weights, spec, dtype="f16", metadata={"source_sha256": digest})
+    adapter = write_adapter(out / ADAPTER, weights, spec, dtype="f16", metadata={"source_sha256": file_sha256(ckpt)})
     validate_adapter(adapter, spec)
     for name in RECORD:
         shutil.copyfile(ckpt.parent / name, out / name)
@@ -50,7 +48,6 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="folder for mt_lora.gguf and the run record")
     ap.add_argument("--base", type=Path, help="base GGUF (default: the bundled SmolLM2)")
     a = ap.parse_args(argv)
-    from p2p_edge.base import read_base_spec
     from p2p_edge.paths import cache_dir, default_base_model
 
     try:
