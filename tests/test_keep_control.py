@@ -60,6 +60,12 @@ def test_a_run_without_its_record_is_refused_and_nothing_is_written(tmp_path, lo
     assert not (tmp_path / "kept").exists()
 
 
+def test_a_missing_checkpoint_is_named_before_its_record(tmp_path):
+    with pytest.raises(InputError, match="nope/last.pt: no such checkpoint file"):
+        keep_control(tmp_path / "nope" / "last.pt", tmp_path / "kept", TINY)
+    assert not (tmp_path / "kept").exists()
+
+
 def test_a_hypernet_checkpoint_is_not_a_control(tmp_path):
     ckpt, _ = a_control_run(tmp_path / "run")
     ck = torch.load(ckpt)

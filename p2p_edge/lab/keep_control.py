@@ -29,11 +29,11 @@ def keep_control(ckpt: Path, out: Path, spec: BaseSpec) -> Path:
     A run without its record is an InputError (the leak check would then trust the adapter); nothing is written."""
     from p2p_edge.lab.report import shared_lora_weights
 
+    weights = shared_lora_weights(ckpt)   # InputError naming a missing file or one that is not an MT-LoRA checkpoint
     missing = [name for name in RECORD if not (ckpt.parent / name).is_file()]
     if missing:
         raise InputError(ckpt.parent / missing[0], "missing: a control is kept only with its run record "
                          "(training writes it beside last.pt)", field="record")
-    weights = shared_lora_weights(ckpt)   # InputError for a file that is not an MT-LoRA checkpoint
     out.mkdir(parents=True, exist_ok=True)
     adapter = write_adapter(out / ADAPTER, weights, spec, dtype="f16", metadata={"source_sha256": file_sha256(ckpt)})
     validate_adapter(adapter, spec)
