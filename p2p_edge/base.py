@@ -10,6 +10,8 @@ from pathlib import Path
 from .errors import ModelFileError
 from .fileio import atomic_write_text
 
+SPEC_CACHE_NAME = "sha256.json"  # file hashes and specs, keyed by (path, size, mtime)
+
 
 @dataclass(frozen=True)
 class BaseSpec:
@@ -100,6 +102,14 @@ def read_base_spec(path: Path, sha256_cache: Path | None = None) -> BaseSpec:
         except (OSError, ValueError):
             pass  # a cache we cannot write is only slower
     return spec
+
+
+def base_spec(path: Path | None = None) -> BaseSpec:
+    """read_base_spec of `path` (default: the bundled base model), cached in the project's cache dir: what every
+    command uses, so the first one to read a model pays for it and the rest read the cache."""
+    from .paths import cache_dir, default_base_model
+
+    return read_base_spec(Path(path) if path else default_base_model(), cache_dir() / SPEC_CACHE_NAME)
 
 
 def _read_spec(path: Path, sha256_cache: Path | None) -> BaseSpec:

@@ -23,12 +23,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from p2p_edge.base import file_sha256, read_base_spec
+from p2p_edge.base import base_spec, file_sha256
 from p2p_edge.chat import parse_scale
 from p2p_edge.errors import InputError, ModelFileError, P2PError
 from p2p_edge.fileio import ensure_private_dir
 from p2p_edge.gguf import LoraWeights, export_peft, read_adapter, write_adapter
-from p2p_edge.paths import DEFAULT_BASE_ID, PROMPTS_DIR, cache_dir, default_base_model
+from p2p_edge.paths import DEFAULT_BASE_ID, PROMPTS_DIR, default_base_model
 
 FORMATS = ("peft", "ollama")
 HF_BASE_ID = DEFAULT_BASE_ID.split("@")[0]   # the HF checkpoint the bundled GGUF was converted from
@@ -46,7 +46,7 @@ def export_adapter(adapter: Path, fmt: str, out: Path, *, base_model: Path | Non
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(out, "already exists and is not an empty folder; choose another --out")
     base_path = Path(base_model) if base_model else default_base_model()
-    base = read_base_spec(base_path, cache_dir() / "sha256.json")
+    base = base_spec(base_path)
     lora, meta = read_adapter(adapter, base)
     scale = parse_scale(meta.get("chat_scale", "1.0")) or 1.0   # absent, unreadable or 0: the trained strength
     ensure_private_dir(out.parent)

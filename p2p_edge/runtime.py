@@ -20,9 +20,9 @@ from typing import Iterator
 import numpy as np
 
 from p2p_edge.gguf import validate_adapter
-from .base import BaseSpec, read_base_spec
+from .base import BaseSpec, base_spec
 from .errors import ModelFileError
-from .paths import cache_dir, default_base_model
+from .paths import default_base_model
 
 
 @dataclass
@@ -61,7 +61,7 @@ class LocalLLM:
 
         self._lc = llama_cpp
         self.model_path = Path(model_path or default_base_model())
-        self.spec: BaseSpec = read_base_spec(self.model_path, cache_dir() / "sha256.json")
+        self.spec: BaseSpec = base_spec(self.model_path)
         threads = n_threads or default_threads()
         with _sigint_after_c_call():  # n_threads_batch too: llama-cpp-python's default is every core
             self.llm = llama_cpp.Llama(

@@ -144,10 +144,9 @@ def main(argv=None) -> None:
         os.environ["P2P_EDGE_HOME"] = str(tmp / "home")  # caches of this process (soak) and of the children
         os.environ["P2P_EDGE_ENCODER"] = str(encoder)
         env = cli_env(tmp / "home", encoder)
-        from p2p_edge.base import read_base_spec
-        from p2p_edge.paths import cache_dir, default_base_model
+        from p2p_edge.base import base_spec as read_spec
 
-        base_spec = read_base_spec(default_base_model(), cache_dir() / "sha256.json")
+        base_spec = read_spec()
         hyp = DEFAULT_HYPERNET
         log("(a) big histories")
         res["big"] = big_history(tmp, env, sorted({1000, min(100_000, a.items), a.items}), log)

@@ -16,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from p2p_edge.base import BaseSpec, file_sha256, read_base_spec
+from p2p_edge.base import BaseSpec, base_spec, file_sha256
 from p2p_edge.errors import InputError, ModelFileError
 from p2p_edge.gguf import validate_adapter, write_adapter
 
@@ -48,10 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="folder for mt_lora.gguf and the run record")
     ap.add_argument("--base", type=Path, help="base GGUF (default: the bundled SmolLM2)")
     a = ap.parse_args(argv)
-    from p2p_edge.paths import cache_dir, default_base_model
-
     try:
-        spec = read_base_spec(a.base or default_base_model(), cache_dir() / "sha256.json")
+        spec = base_spec(a.base)
         adapter = keep_control(a.mt_lora, a.out, spec)
     except (InputError, ModelFileError) as e:
         print(f"error: {e}", file=sys.stderr)

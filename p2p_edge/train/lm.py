@@ -20,15 +20,15 @@ def load_base(cfg: Config, dtype=torch.float32):
     so training sees the weights llama.cpp runs. Any HF llama/qwen2 directory works too."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..base import read_base_spec
-    from ..paths import DEFAULT_BASE_ID, cache_dir, default_base_model
+    from ..base import base_spec
+    from ..paths import DEFAULT_BASE_ID, default_base_model
 
     path = Path(cfg.resolve(cfg.base.path)) if cfg.base.path else default_base_model()
     if path.is_file() and path.suffix == ".gguf":
         kw = dict(gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kw)
         tok = AutoTokenizer.from_pretrained(path.parent, **kw)
-        spec = read_base_spec(path, cache_dir() / "sha256.json")
+        spec = base_spec(path)
         meta = {"id": DEFAULT_BASE_ID if not cfg.base.path else path.name, **spec.to_dict()}
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
