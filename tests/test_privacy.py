@@ -14,6 +14,8 @@ import pytest
 
 from conftest import EXAMPLE_HISTORY, ROOT
 
+from p2p_edge.base import SPEC_CACHE_NAME
+
 CANARY = "zq7canaryXK3"  # a string that can only come from the history file
 
 
@@ -78,11 +80,11 @@ def test_forget_removes_cached_summary_and_vectors(use_encoder, random_hypernet_
     hist.write_text("\n".join(json.dumps({"text": f"note {i} about sourdough"}) for i in range(3)) + "\n")
     r = CliRunner().invoke(app, ["personalize", str(hist), "--hypernet", str(random_hypernet_path), "--json"])
     assert r.exit_code == 0, r.output
-    cached = [p for p in cache_dir().rglob("*") if p.is_file() and p.suffix in (".json", ".npz") and p.name != "sha256.json"]
+    cached = [p for p in cache_dir().rglob("*") if p.is_file() and p.suffix in (".json", ".npz") and p.name != SPEC_CACHE_NAME]
     assert cached, "personalize should have cached a summary and item vectors"
     r = CliRunner().invoke(app, ["forget", str(hist)])
     assert r.exit_code == 0, r.output
-    left = [p for p in cache_dir().rglob("*") if p.is_file() and p.suffix in (".json", ".npz") and p.name != "sha256.json"]
+    left = [p for p in cache_dir().rglob("*") if p.is_file() and p.suffix in (".json", ".npz") and p.name != SPEC_CACHE_NAME]
     assert left == []
 
 
