@@ -75,16 +75,19 @@ def test_forget_removes_cached_summary_and_vectors(use_encoder, random_hypernet_
     from p2p_edge.cli import app
     from p2p_edge.paths import cache_dir
 
+    def user_cache_files():  # the base model's spec cache is not per-user data
+        return [p for p in cache_dir().rglob("*") if p.is_file() and p.suffix in (".json", ".npz") and p.name != SPEC_CACHE_NAME]
+
     monkeypatch.setattr(rt, "LocalLLM", lambda *a, **k: llm)
     hist = tmp_path / "bob.jsonl"
     hist.write_text("\n".join(json.dumps({"text": f"note {i} about sourdough"}) for i in range(3)) + "\n")
     r = CliRunner().invoke(app, ["personalize", str(hist), "--hypernet", str(random_hypernet_path), "--json"])
     assert r.exit_code == 0, r.output
-    cached = [p for p in cache_dir().rglob("*") if p.is_file() and p.suffix in (".json", ".npz") and p.name != SPEC_CACHE_NAME]
+    cached = user_cache_files()
     assert cached, "personalize should have cached a summary and item vectors"
     r = CliRunner().invoke(app, ["forget", str(hist)])
     assert r.exit_code == 0, r.output
-    left = [p for p in cache_dir().rglob("*") if p.is_file() and p.suffix in (".json", ".npz") and p.name != SPEC_CACHE_NAME]
+    left = user_cache_files()
     assert left == []
 
 
